@@ -1,0 +1,53 @@
+"""SgMg: Spectrum-guided Multi-granularity referring video object segmentation, in pure PyTorch.
+
+Public API (stable)::
+
+    import sgmg
+    model = sgmg.build_model("sgmg_video_swin_t")          # also _s, _b and "sgmg_tiny"
+    model = sgmg.load_checkpoint(path)                      # this project's format (safetensors + JSON config)
+    model = sgmg.load_official_checkpoint(path, variant="video_swin_t")   # a released SgMg .pth
+    out = model(video, input_ids, attention_mask)           # -> sgmg.model.outputs.SgMgOutput
+
+Attributes are imported lazily, so ``import sgmg`` stays cheap and never imports ray, mlflow or boto3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_LAZY: dict[str, str] = {
+    "build_model": "sgmg.zoo:build_model",
+    "list_models": "sgmg.zoo:list_models",
+    "load_checkpoint": "sgmg.checkpoint.io:load_checkpoint",
+    "save_checkpoint": "sgmg.checkpoint.io:save_checkpoint",
+    "load_official_checkpoint": "sgmg.checkpoint.convert_official:load_official_checkpoint",
+    "SgMgOutput": "sgmg.model.outputs:SgMgOutput",
+    "RVOSPredictor": "sgmg.inference.predictor:RVOSPredictor",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from sgmg.checkpoint.convert_official import load_official_checkpoint
+    from sgmg.checkpoint.io import load_checkpoint, save_checkpoint
+    from sgmg.inference.predictor import RVOSPredictor
+    from sgmg.model.outputs import SgMgOutput
+    from sgmg.zoo import build_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'sgmg' has no attribute {name!r}")
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,62 @@
+"""Package-level contracts: import boundaries, the public API and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("ray", "mlflow", "boto3", "botocore")
+
+
+def _run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import sgmg",
+        "import sgmg.zoo, sgmg.model, sgmg.loss, sgmg.data, sgmg.eval, sgmg.train, sgmg.inference, sgmg.checkpoint",
+    ],
+)
+def test_sgmg_never_imports_distributed_stack(statement: str) -> None:
+    code = f"{statement}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    assert _run(code) == ""
+
+
+def test_every_sgmg_module_stays_free_of_distributed_stack() -> None:
+    code = (
+        "import importlib, pkgutil, sys, sgmg\n"
+        "for m in pkgutil.walk_packages(sgmg.__path__, 'sgmg.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    assert _run(code) == ""
+
+
+def test_public_api_names_resolve() -> None:
+    import sgmg
+
+    for name in sgmg.__all__:
+        assert callable(getattr(sgmg, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sgmg.nope  # noqa: B018
+
+
+def test_cli_help_lists_subcommands_without_ray() -> None:
+    code = (
+        "import sys, io, contextlib\nfrom sgmg.cli import main\nbuf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n    rc = main([])\n"
+        f"print(rc, 'ray' in sys.modules, 'predict' in buf.getvalue(), 'ingest' in buf.getvalue())"
+    )
+    assert _run(code) == "2 False True True"
+
+
+def test_console_script_help() -> None:
+    exe = sys.executable.rsplit("/", 1)[0] + "/sgmg"
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "make-synthetic" in proc.stdout and "validate-dataset" in proc.stdout
