@@ -14,7 +14,7 @@ Attributes are imported lazily, so ``import sgmg`` stays cheap and never imports
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -30,13 +30,6 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = sorted(_LAZY)
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from sgmg.checkpoint.convert_official import load_official_checkpoint
-    from sgmg.checkpoint.io import load_checkpoint, save_checkpoint
-    from sgmg.inference.predictor import RVOSPredictor
-    from sgmg.model.outputs import SgMgOutput
-    from sgmg.zoo import build_model, list_models
 
 
 def __getattr__(name: str) -> Any:

@@ -50,7 +50,7 @@ def test_cli_help_lists_subcommands_without_ray() -> None:
     code = (
         "import sys, io, contextlib\nfrom sgmg.cli import main\nbuf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n    rc = main([])\n"
-        f"print(rc, 'ray' in sys.modules, 'predict' in buf.getvalue(), 'ingest' in buf.getvalue())"
+        "print(rc, 'ray' in sys.modules, 'predict' in buf.getvalue(), 'ingest' in buf.getvalue())"
     )
     assert _run(code) == "2 False True True"
 

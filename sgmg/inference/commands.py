@@ -1,0 +1,112 @@
+"""``sgmg predict VIDEO "sentence" --checkpoint CKPT --out DIR``: masks (PNG) and an overlay video for one video."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sgmg predict``."""
+    parser.add_argument("video", help="a video file (.mp4, ...) or a folder of frames (.jpg/.png, sorted by name)")
+    parser.add_argument("text", help="the referring expression, e.g. 'the dog jumping over the fence'")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint in this project's format (folder or .safetensors file)")
+    src.add_argument("--official", metavar="PTH", help="a released SgMg .pth checkpoint (needs --variant)")
+    parser.add_argument("--variant", default="video_swin_t", help="variant of --official: video_swin_t|s|b")
+    parser.add_argument(
+        "--tokenizer",
+        help="local folder (or hub name, if reachable) of the text encoder's tokenizer; "
+        "default: the one recorded in the checkpoint's config",
+    )
+    parser.add_argument("--out", required=True, help="output folder: masks/<frame>.png, overlay.mp4, prediction.json")
+    parser.add_argument("--window", type=int, default=36, help="frames per forward pass (bounds memory; default 36)")
+    parser.add_argument("--short-side", type=int, default=360, help="resize frames to this short side (default 360)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sgmg predict``."""
+    from sgmg.inference.predictor import RVOSPredictor
+    from sgmg.inference.sources import FrameSource
+    from sgmg.inference.writers import OverlayVideoWriter, write_mask_png
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(
+            f"error: output folder {str(out)!r} is not empty; choose another --out or pass --overwrite", file=sys.stderr
+        )
+        return 2
+    try:
+        source = FrameSource.open(args.video)
+        model = _load_model(args)
+        tokenizer = load_tokenizer_for(model, args.tokenizer)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    predictor = RVOSPredictor(
+        model, tokenizer, device=args.device, short_side=args.short_side, threshold=args.threshold
+    )
+    writer = None if args.no_overlay else OverlayVideoWriter(out / "overlay.mp4", source.fps, source.size)
+    scores: list[float] = []
+    best_queries: list[int] = []
+    start = time.perf_counter()
+    input_ids, attention_mask = predictor.tokenize(args.text)
+    for first, frames in source.windows(args.window):
+        probs, window_scores, best = predictor.predict_window(frames, input_ids, attention_mask)
+        masks = (probs > predictor.threshold).cpu().numpy()
+        best_queries.append(best)
+        for i, mask in enumerate(masks):
+            write_mask_png(out / "masks" / f"{source.frame_names[first + i]}.png", mask)
+            if writer is not None:
+                writer.write(frames[i], mask)
+        scores.extend(window_scores.tolist())
+        rate = len(scores) / (time.perf_counter() - start)
+        print(f"\r{len(scores)}/{len(source)} frames, {rate:.2f} frames/s", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    if writer is not None:
+        writer.close()
+    summary = {
+        "video": str(source.path),
+        "text": args.text,
+        "frames": source.frame_names,
+        "scores": scores,
+        "best_query_per_window": best_queries,
+        "window": args.window,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    (out / "prediction.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {len(scores)} masks to {out / 'masks'}" + ("" if writer is None else f" and {out / 'overlay.mp4'}"))
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    import sgmg
+
+    if args.checkpoint:
+        return sgmg.load_checkpoint(args.checkpoint)
+    return sgmg.load_official_checkpoint(args.official, variant=args.variant)
+
+
+def load_tokenizer_for(model, name_or_path: str | None = None):
+    """The tokenizer of ``model``'s text encoder: ``name_or_path`` if given, else the one its config records."""
+    from transformers import AutoTokenizer
+
+    if name_or_path is None:
+        name_or_path = model.config.text.tokenizer
+    if name_or_path is None:
+        raise ValueError("the checkpoint records no tokenizer for its text encoder; pass --tokenizer FOLDER")
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except OSError as exc:
+        raise ValueError(
+            f"cannot load the tokenizer {str(name_or_path)!r} ({exc}); pass --tokenizer with a local folder "
+            "holding the tokenizer files (no model hub is reachable offline)"
+        ) from exc
