@@ -7,9 +7,12 @@ A *sample* is one (video clip, referring expression) pair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: reading datasets (make-synthetic, validate-dataset) needs no torch
+    from torch import Tensor
 
 
 @dataclass
@@ -88,8 +91,9 @@ class ClipBatch:
         targets = None
         if self.targets is not None:
             targets = [VideoTarget(mv(t.masks), mv(t.boxes), mv(t.valid), t.size) for t in self.targets]
-        return ClipBatch(mv(self.video), mv(self.pad_mask), mv(self.input_ids), mv(self.attention_mask), targets,
-                         self.meta)
+        return ClipBatch(
+            mv(self.video), mv(self.pad_mask), mv(self.input_ids), mv(self.attention_mask), targets, self.meta
+        )
 
 
 @dataclass(frozen=True)

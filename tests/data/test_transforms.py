@@ -1,0 +1,173 @@
+"""Clip sampling and augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sgmg.data.datasets import open_dataset
+from sgmg.data.schema import ClipSample
+from sgmg.data.transforms import (
+    CROP_MAX,
+    VIDEO_MAX_SIZE,
+    VIDEO_SCALES,
+    augment_image,
+    augment_video,
+    crop,
+    hflip,
+    masks_to_boxes,
+    normalize_frames,
+    photometric_distort,
+    resize_masks,
+    sample_clip_indices,
+    size_for_short_side,
+    swap_left_right,
+    train_clip,
+)
+
+
+def make_sample(t: int = 4, h: int = 60, w: int = 80, text: str = "The dog on the LEFT") -> ClipSample:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(t, h, w, 3), dtype=np.uint8)
+    masks = np.zeros((1, t, h, w), bool)
+    masks[0, :, 10:20, 5:15] = True
+    return ClipSample(frames, masks, text, "v", "0", [f"{i:05d}" for i in range(t)], [1])
+
+
+def test_sample_clip_indices_follow_the_official_sampler() -> None:
+    rng = np.random.default_rng(0)
+    reversed_count = 0
+    for _ in range(300):
+        n, anchor = int(rng.integers(1, 40)), 0
+        anchor = int(rng.integers(n))
+        idx = sample_clip_indices(n, anchor, 5, rng)
+        assert len(idx) == 5 and all(0 <= i < n for i in idx) and anchor in idx
+        if idx != sorted(idx):
+            assert idx == sorted(idx, reverse=True)
+            reversed_count += 1
+        if n >= 8:  # neighbours within 1..3 of the anchor, clamped
+            s = sorted(idx)
+            k = s.index(anchor)
+            assert any(1 <= anchor - i <= 3 for i in s[:k]) or anchor <= 3
+            assert len(set(idx)) >= 3  # clamped neighbours and the official [min, max) rest may repeat
+    assert 0.2 < reversed_count / 300 < 0.4  # p = 0.3
+    assert sample_clip_indices(10, 4, 1, np.random.default_rng(0), reverse_prob=0.0) == [4]
+    assert len(sample_clip_indices(2, 1, 5, np.random.default_rng(0))) == 5  # short video repeats frames
+    with pytest.raises(ValueError):
+        sample_clip_indices(3, 3, 5, rng)
+
+
+def test_swap_left_right_whole_words() -> None:
+    assert (
+        swap_left_right("the dog on the left, right of the Leftmost car")
+        == "the dog on the right, left of the Rightmost car"
+    )
+    assert swap_left_right("leftover food; copyright; bright LEFT") == "leftover food; copyright; bright RIGHT"
+    assert swap_left_right("left-hand side") == "right-hand side"
+
+
+def test_hflip_mirrors_pixels_masks_and_caption() -> None:
+    s = make_sample()
+    f = hflip(s)
+    np.testing.assert_array_equal(f.frames[:, :, ::-1], s.frames)
+    assert f.masks[0, 0, 10:20, 65:75].all() and f.masks.sum() == s.masks.sum()
+    assert f.expression == "The dog on the RIGHT"
+
+
+def test_crop_marks_vanished_objects_invalid() -> None:
+    s = make_sample()
+    assert crop(s, 0, 0, 60, 40).valid.all()
+    assert not crop(s, 30, 30, 30, 50).valid.any()
+
+
+def test_resize_helpers() -> None:
+    assert size_for_short_side((480, 640), 360) == (360, 480)
+    assert size_for_short_side((360, 1280), 512, max_size=640) == (180, 640)
+    m = np.zeros((1, 4, 4), bool)
+    m[0, :2, :2] = True
+    np.testing.assert_array_equal(resize_masks(m, (8, 8))[0, :4, :4], True)
+    assert resize_masks(m, (8, 8)).sum() == 16
+
+
+def test_augment_video_is_deterministic_and_within_the_official_sizes() -> None:
+    s = make_sample(t=2, h=360, w=640)
+    a = augment_video(s, np.random.default_rng(7))
+    b = augment_video(s, np.random.default_rng(7))
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    sizes = set()
+    for seed in range(12):
+        out = augment_video(s, np.random.default_rng(seed))
+        h, w = out.frames.shape[1:3]
+        sizes.add((h, w))
+        assert max(h, w) <= VIDEO_MAX_SIZE and out.frames.dtype == np.uint8
+        assert min(h, w) in VIDEO_SCALES or max(h, w) == VIDEO_MAX_SIZE or max(h, w) >= VIDEO_MAX_SIZE - 1
+        assert out.masks.shape[-2:] == (h, w)
+    assert len(sizes) > 3
+
+
+def test_photometric_distortion_is_drawn_per_frame() -> None:
+    s = make_sample(t=6)
+    s.frames[:] = s.frames[0]  # identical frames
+    out = photometric_distort(s, np.random.default_rng(3))
+    assert len({out.frames[t].tobytes() for t in range(6)}) > 1
+    assert out.frames.dtype == np.uint8
+
+
+def test_augment_image_recipe() -> None:
+    s = make_sample(t=1, h=300, w=400)
+    for seed in range(10):
+        out = augment_image(s, np.random.default_rng(seed))
+        assert out.frames.shape[0] == 1 and max(out.frames.shape[1:3]) <= 800
+
+
+def test_train_clip_on_a_dataset_video(synthetic_root: Path) -> None:
+    reader = open_dataset("ref-youtube-vos", synthetic_root, "train")
+    rec = reader.list_videos()[0]
+    video = reader.load_video(rec).sample(rec.expressions[0])
+    clip = train_clip(video, np.random.default_rng(0), num_frames=5)
+    assert clip is not None and clip.frames.shape[0] == 5 and clip.valid.any()
+    assert clip.expression == video.expression.lower() or "left" in video.expression or "right" in video.expression
+    again = train_clip(video, np.random.default_rng(0), num_frames=5)
+    np.testing.assert_array_equal(clip.frames, again.frames)
+    assert len(clip.meta["frame_indices"]) == 5
+    empty = ClipSample(video.frames, np.zeros_like(video.masks), "x", "v", "0", video.frame_ids, [1])
+    assert train_clip(empty, np.random.default_rng(0)) is None
+
+
+def test_masks_to_boxes() -> None:
+    m = np.zeros((2, 1, 10, 20), bool)
+    m[0, 0, 2:4, 5:15] = True
+    boxes = masks_to_boxes(m)
+    np.testing.assert_allclose(boxes[0, 0], [10 / 20, 3 / 10, 10 / 20, 2 / 10])
+    np.testing.assert_array_equal(boxes[1, 0], 0.0)
+    x = normalize_frames(np.full((1, 2, 2, 3), 255, np.uint8))
+    assert x.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(
+        x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    )
+    assert CROP_MAX == 600
+
+
+def test_clip_dataset_with_dataloader(synthetic_root: Path, tokenizer) -> None:
+    from functools import partial
+
+    from sgmg.data.clip_dataset import ClipDataset
+    from sgmg.data.collate import collate_clips
+
+    reader = open_dataset("ref-youtube-vos", synthetic_root, "train")
+    ds = ClipDataset(reader, num_frames=3, recipe="resize", size=64, max_size=100, seed=1)
+    n_exp = sum(len(r.expressions) for r in reader.list_videos())
+    assert len(ds) == n_exp * 2  # anchors 0 and 3 of 6-frame videos
+    a, b = ds[5], ds[5]
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert a.frames.shape == (3, 64, 85, 3) and a.valid.any()
+    ds.set_epoch(1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=partial(collate_clips, tokenizer=tokenizer))
+    batch = next(iter(loader))
+    assert batch.video.shape == (2, 3, 3, 64, 96) and len(batch.targets) == 2
+    aug = ClipDataset(reader, num_frames=2, recipe="video", seed=0)[0]
+    assert max(aug.frames.shape[1:3]) <= 640 and aug.frames.shape[0] == 2
