@@ -1,0 +1,285 @@
+"""Ray Data streaming of ingested shards to Ray Train workers: sample clips, decode, augment, batch.
+
+Pipeline (all lazy and streaming)::
+
+    read_parquet(shards of the manifest, filesystem from pipelines.storage)     one row per video
+      -> map_batches(sample_clips, TaskPoolStrategy, num_cpus=...)              one row per training clip
+      -> (TorchTrainer splits it across workers with streaming_split)
+      -> iter_torch_batches(collate_fn=clip_collate(tokenizer))                 sgmg ClipBatch per step
+
+``sample_clips`` expands each video row to its (video, expression) samples, and each sample to its clips: with
+``anchored=True`` (the official Ref-YouTube-VOS recipe) one clip per anchor frame ``0, T, 2T, ...`` per epoch,
+otherwise one clip at a random anchor. Clip frame indices come from ``sgmg.data.transforms.sample_clip_indices``
+and use the stored per-frame visibility, so only the frames and masks of the chosen clip are decoded; the clip is
+then augmented with ``augment_video`` / ``augment_image`` (or not at all with ``recipe="none"``). A clip whose
+referred object is invisible after augmentation is redrawn (random anchor) up to ``max_tries`` times, like
+``sgmg.data.transforms.train_clip``.
+
+Randomness is seeded per clip from ``(seed, epoch, video_id, exp_id, anchor)``, so a run is reproducible whatever the
+number of workers, blocks or tasks. ``epochs=E`` emits E passes in one stream (each clip row has its ``epoch`` in
+``meta``); ``seed=None`` draws fresh randomness every time the dataset is iterated (each ``iter_torch_batches`` call is
+a new epoch then).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from pipelines import ingest, storage
+from sgmg.data.schema import ClipBatch, ClipSample
+
+RECIPES = ("video", "image", "none")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How clips are drawn from the ingested videos.
+
+    Attributes:
+        num_frames: frames per clip (SgMg trains with 5).
+        recipe: ``video`` (Ref-YouTube-VOS/MeViS/DAVIS augmentation), ``image`` (RefCOCO 1-frame clips) or ``none``
+            (no augmentation: frames and masks exactly as stored; for tests and evaluation-style streams).
+        seed: base seed; None for fresh randomness on every pass.
+        epochs: passes over the samples emitted by one iteration of the dataset.
+        anchored: one clip per anchor frame ``0, num_frames, 2*num_frames, ...`` (official), else one per sample.
+        max_tries: redraws when the referred object is not visible in the clip.
+        max_size: longest side after augmentation (``video`` recipe).
+        reverse_prob: probability of reversing the clip's frame order.
+    """
+
+    num_frames: int = 5
+    recipe: str = "video"
+    seed: int | None = 0
+    epochs: int = 1
+    anchored: bool = True
+    max_tries: int = 10
+    max_size: int = 640
+    reverse_prob: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
+        if self.num_frames < 1 or self.epochs < 1 or self.max_tries < 1:
+            raise ValueError(f"num_frames, epochs and max_tries must be >= 1: {self}")
+
+
+def _rng(cfg: ClipConfig, epoch: int, video_id: str, exp_id: str, anchor: int) -> np.random.Generator:
+    if cfg.seed is None:
+        return np.random.default_rng()
+    key = [cfg.seed, epoch, zlib.crc32(video_id.encode()), zlib.crc32(exp_id.encode()), anchor + 1]  # anchor >= -1
+    return np.random.default_rng(key)
+
+
+def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) -> ClipSample | None:
+    """One clip of ``(row, exp)`` around ``anchor``; None when the object is not visible in any try."""
+    from sgmg.data.transforms import augment_image, augment_video, normalize_caption, sample_clip_indices
+
+    n = len(row["frame_ids"])
+    obj_ids = [int(o) for o in row["obj_ids"]]
+    visible_all = np.asarray(row["visible"], dtype=bool).reshape(len(obj_ids), n)  # [O_all, T]
+    pick = [obj_ids.index(o) for o in exp.obj_ids]
+    visible = visible_all[pick].any(0) if pick else np.zeros(n, dtype=bool)  # [T]
+    if not visible.any():
+        return None
+    rng = _rng(cfg, epoch, row["video_id"], exp.exp_id, anchor)
+    for attempt in range(cfg.max_tries):
+        a = anchor if attempt == 0 else int(rng.integers(n))
+        if cfg.recipe == "image":
+            idx = [a] * cfg.num_frames
+        else:
+            idx = sample_clip_indices(n, a, cfg.num_frames, rng, cfg.reverse_prob)
+        if not visible[idx].any():
+            continue
+        uniq = sorted(set(idx))
+        pos = [uniq.index(i) for i in idx]
+        frames = ingest.decode_frames(row["frames"], uniq)[pos]  # [t, H, W, 3]
+        masks = ingest.row_masks(row, exp.obj_ids, uniq)[:, pos]  # [O, t, H, W]
+        clip = ClipSample(
+            frames=frames,
+            masks=masks,
+            expression=exp.text,
+            video_id=row["video_id"],
+            exp_id=exp.exp_id,
+            frame_ids=[row["frame_ids"][i] for i in idx],
+            obj_ids=list(exp.obj_ids),
+            meta={
+                "dataset": row["dataset"],
+                "split": row["split"],
+                "epoch": epoch,
+                "anchor": anchor,
+                "frame_indices": idx,
+            },
+        )
+        if cfg.recipe == "none":
+            return clip
+        clip = replace(clip, expression=normalize_caption(clip.expression))
+        clip = augment_video(clip, rng, cfg.max_size) if cfg.recipe == "video" else augment_image(clip, rng)
+        if clip.valid.any():
+            return clip
+    return None
+
+
+def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
+    """Every clip of one shard row (a video): per epoch, per expression with ground truth, per anchor."""
+    from sgmg.data.transforms import clip_anchors
+
+    if not row["has_gt"]:
+        return
+    n = len(row["frame_ids"])
+    anchors = clip_anchors(n, cfg.num_frames) if cfg.anchored else None
+    for epoch in range(cfg.epochs):
+        for exp in ingest.row_expressions(row):
+            if not exp.obj_ids:
+                continue
+            for anchor in anchors or [int(_rng(cfg, epoch, row["video_id"], exp.exp_id, -1).integers(n))]:
+                clip = _draw_clip(row, exp, anchor, epoch, cfg)
+                if clip is not None:
+                    yield clip
+
+
+def sample_clips(batch: Any, cfg: dict) -> dict[str, list]:
+    """Ray Data UDF: a pyarrow batch of shard rows -> columns of clips (``sgmg.data.collate.sample_to_arrays``)."""
+    from sgmg.data.collate import ARRAY_COLUMNS, sample_to_arrays
+
+    config = ClipConfig(**cfg)
+    out: dict[str, list] = {k: [] for k in ARRAY_COLUMNS}
+    for row in batch.to_pylist():
+        for clip in clips_of_row(row, config):
+            for k, v in sample_to_arrays(clip).items():
+                out[k].append(v)
+    return out if out["frames"] else {}  # Ray cannot infer column types from empty lists
+
+
+_NEEDED_COLUMNS = (
+    "video_id",
+    "dataset",
+    "split",
+    "frame_ids",
+    "height",
+    "width",
+    "frames",
+    "obj_ids",
+    "masks",
+    "visible",
+    "has_gt",
+    "expressions",
+)
+
+
+def read_videos(dest: str, columns: tuple[str, ...] | None = _NEEDED_COLUMNS, shuffle_files: bool = False):  # noqa: ANN201 - ray.data.Dataset
+    """The shard rows (one per video) of the completed ingest at ``dest`` as a Ray Dataset.
+
+    Args:
+        dest: the ingest output folder.
+        columns: columns to keep (None: all).
+        shuffle_files: read the shards in a new random order on every pass.
+
+    Raises:
+        pipelines.ingest.IngestError: ``dest`` has no manifest (the ingest did not finish) or no shards.
+    """
+    import ray
+
+    manifest = ingest.load_manifest(dest)
+    uris = ingest.shard_uris(dest, manifest)
+    if not uris:
+        raise ingest.IngestError(f"the manifest of {dest} lists no shards; rerun `sgmg ingest` with more videos")
+    fs = storage.resolve(uris[0]).fs
+    paths = [storage.resolve(u).path for u in uris]
+    ds = ray.data.read_parquet(
+        paths, filesystem=fs, override_num_blocks=len(paths), shuffle="files" if shuffle_files else None
+    )
+    return ds.select_columns(list(columns)) if columns else ds
+
+
+def clip_dataset(
+    dest: str,
+    cfg: ClipConfig | None = None,
+    *,
+    parallelism: int | None = None,
+    num_cpus: float = 1.0,
+    videos_per_batch: int = 1,
+    shuffle_files: bool = False,
+):  # noqa: ANN201 - ray.data.Dataset
+    """Training clips of the ingest at ``dest``, decoded and augmented on CPU by a task pool.
+
+    Args:
+        dest: the ingest output folder (its ``manifest.json`` lists the shards).
+        cfg: clip sampling and augmentation (:class:`ClipConfig` defaults when None).
+        parallelism: concurrent decode tasks (None: as many as fit).
+        num_cpus: CPUs per decode task.
+        videos_per_batch: videos per decode batch (each yields ``expressions x anchors x epochs`` clips).
+        shuffle_files: visit the shards in a new random order on every pass (combine with
+            ``local_shuffle_buffer_size`` of :func:`iter_clip_batches` to mix clips of different videos).
+
+    Returns:
+        A ``ray.data.Dataset`` of clip rows with the columns of ``sgmg.data.collate.ARRAY_COLUMNS``.
+    """
+    import ray
+
+    cfg = cfg or ClipConfig()
+    compute = ray.data.TaskPoolStrategy(size=parallelism) if parallelism else None
+    # small blocks of whole videos, so that decode tasks run in parallel even when there are few shards
+    videos = read_videos(dest, shuffle_files=shuffle_files).repartition(target_num_rows_per_block=videos_per_batch)
+    return videos.map_batches(
+        sample_clips,
+        fn_kwargs={"cfg": asdict(cfg)},
+        batch_size=videos_per_batch,
+        batch_format="pyarrow",
+        compute=compute,
+        num_cpus=num_cpus,
+        udf_modifying_row_count=True,
+    )
+
+
+def clip_collate(tokenizer: Any, pad_multiple: int = 32, normalize_text: bool = True, max_text_len: int | None = None):  # noqa: ANN201
+    """A picklable ``collate_fn`` for ``iter_torch_batches``: a column batch of clips -> :class:`ClipBatch`."""
+    from sgmg.data.collate import collate_arrays
+
+    return partial(
+        collate_arrays,
+        tokenizer=tokenizer,
+        pad_multiple=pad_multiple,
+        normalize_text=normalize_text,
+        max_text_len=max_text_len,
+    )
+
+
+def iter_clip_batches(
+    data_iterator: Any,
+    batch_size: int,
+    tokenizer: Any,
+    prefetch_batches: int = 2,
+    pad_multiple: int = 32,
+    drop_last: bool = False,
+    local_shuffle_buffer_size: int | None = None,
+) -> Iterator[ClipBatch]:
+    """Batches for one pass over a worker's shard (``ray.train.get_dataset_shard("train")``).
+
+    Args:
+        data_iterator: the worker's ``DataIterator``.
+        batch_size: clips per batch on this worker.
+        tokenizer: the text encoder's tokenizer (picklable).
+        prefetch_batches: batches decoded ahead of the training step.
+        pad_multiple: spatial padding multiple of the collate.
+        drop_last: drop a final incomplete batch (keeps DDP steps equal across workers).
+        local_shuffle_buffer_size: shuffle clips in a buffer of this many rows on the worker (None: no shuffle).
+    """
+    yield from data_iterator.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=clip_collate(tokenizer, pad_multiple=pad_multiple),
+        prefetch_batches=prefetch_batches,
+        drop_last=drop_last,
+        local_shuffle_buffer_size=local_shuffle_buffer_size,
+    )
+
+
+def describe_clip_meta(meta: dict) -> str:
+    """One-line summary of a clip's meta (logs)."""
+    return json.dumps({k: meta.get(k) for k in ("video_id", "exp_id", "epoch", "frame_indices")})

@@ -1,0 +1,215 @@
+"""Shared fixtures of the pipeline tests: one S3-protocol server on loopback and one local Ray cluster per session.
+
+Both are generic: Train, Tune and Serve tests reuse them.
+
+* ``s3_server`` starts moto's ``ThreadedMotoServer`` on 127.0.0.1 at a free port and points the AWS environment
+  (dummy credentials, ``AWS_ENDPOINT_URL``) at it, for boto3, pyarrow and every Ray worker started afterwards.
+  ``s3_bucket`` makes a fresh empty bucket per test.
+* ``ray_cluster`` starts ``ray.init(num_cpus=4, include_dashboard=True)`` with ``RAY_AUTH_MODE=disabled``: 4 logical
+  CPUs on a 2-core box, because Ray Data + Train deadlock with fewer (reference/ray_2.60_notes.md, item 0.5), and
+  the dashboard on, because Train V2's placement-group cleaner needs it (item 0.6). It depends on ``s3_server`` so
+  that the workers inherit the S3 environment. It always shuts Ray down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3-protocol server on loopback.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:PORT``.
+        env: the AWS environment variables that point clients at it.
+    """
+
+    endpoint_url: str
+    env: dict[str, str]
+
+    def client(self):  # noqa: ANN201 - boto3 client type is dynamic
+        """A boto3 S3 client for the server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+
+    def make_bucket(self, prefix: str = "bkt") -> str:
+        """Create a new, uniquely named bucket and return its name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto S3 server on 127.0.0.1 (free port) with the AWS env set for the session; restored afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield S3Server(endpoint_url=endpoint, env=env)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh empty bucket on the session's S3 server."""
+    return s3_server.make_bucket()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server) -> Iterator[Callable[[], dict]]:
+    """A local Ray cluster for the session (4 logical CPUs, dashboard on, auth off); always shut down.
+
+    Yields:
+        ``ray.cluster_resources`` (call it to read the current resources).
+    """
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        object_store_memory=1 << 30,
+        _temp_dir=temp_dir,  # own, short folder: unix socket paths must stay < 108 chars; no clash with other clusters
+    )
+    try:
+        yield ray.cluster_resources
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A tiny dataset in the Ref-YouTube-VOS layout, written here so the pipeline tests do not depend on the generator
+
+
+def write_tiny_ytvos(
+    root: str | os.PathLike,
+    n_videos: int = 6,
+    n_frames: int = 5,
+    size: tuple[int, int] = (72, 96),
+    split: str = "train",
+    corrupt_frame: str | None = None,
+    bad_mask_size: str | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Write a tiny Ref-YouTube-VOS-layout dataset: smooth random frames, 1-2 moving rectangles per video.
+
+    Args:
+        root: dataset root folder.
+        n_videos, n_frames, size: videos, frames per video and ``(H, W)``.
+        split: split folder name.
+        corrupt_frame: video id whose second frame is replaced by garbage bytes.
+        bad_mask_size: video id whose first mask has another size than its frame.
+        seed: RNG seed.
+
+    Returns:
+        The video ids.
+    """
+    import io
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    root = Path(root)
+    palette = [0, 0, 0, 236, 95, 103, 249, 145, 87, 250, 200, 99] + [0] * (256 * 3 - 12)
+    meta: dict = {"videos": {}}
+    ids = [f"vid{i:03d}" for i in range(n_videos)]
+    for v, vid in enumerate(ids):
+        (root / split / "JPEGImages" / vid).mkdir(parents=True, exist_ok=True)
+        (root / split / "Annotations" / vid).mkdir(parents=True, exist_ok=True)
+        n_obj = 1 + v % 2
+        base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+        frame_ids = [f"{5 * t:05d}" for t in range(n_frames)]
+        for t, fid in enumerate(frame_ids):
+            img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+            arr = np.roll(np.asarray(img), shift=2 * t, axis=1).copy()
+            labels = np.zeros((h, w), dtype=np.uint8)
+            for o in range(n_obj):
+                y0 = (10 + 17 * o + t) % (h - 20)
+                x0 = (5 + 29 * o + 3 * t + v) % (w - 24)
+                if not (o == 1 and t == n_frames - 1):  # object 2 leaves in the last frame (visibility False)
+                    labels[y0 : y0 + 14 + 3 * o, x0 : x0 + 18] = o + 1
+                    arr[y0 : y0 + 14 + 3 * o, x0 : x0 + 18] = (40 + 90 * o, 200 - 60 * o, 30 * t)
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+            data = buf.getvalue()
+            if vid == corrupt_frame and t == 1:
+                data = b"this is not a jpeg"
+            (root / split / "JPEGImages" / vid / f"{fid}.jpg").write_bytes(data)
+            mask = Image.fromarray(labels if not (vid == bad_mask_size and t == 0) else labels[: h // 2], mode="P")
+            mask.putpalette(palette)
+            mask.save(root / split / "Annotations" / vid / f"{fid}.png")
+        exps = {}
+        for o in range(n_obj):
+            exps[str(2 * o)] = {
+                "exp": f"the {'red' if o == 0 else 'green'} box number {o + 1} in {vid}",
+                "obj_id": str(o + 1),
+            }
+            exps[str(2 * o + 1)] = {"exp": f"object {o + 1} moving right", "obj_id": str(o + 1)}
+        meta["videos"][vid] = {"expressions": exps, "frames": frame_ids}
+    (root / "meta_expressions" / split).mkdir(parents=True, exist_ok=True)
+    (root / "meta_expressions" / split / "meta_expressions.json").write_text(json.dumps(meta))
+    return ids
+
+
+@pytest.fixture
+def tiny_ytvos(tmp_path) -> Callable[..., str]:
+    """Factory: ``tiny_ytvos(**kwargs) -> root`` writes :func:`write_tiny_ytvos` under a fresh temp folder."""
+    counter = [0]
+
+    def make(**kwargs) -> str:
+        counter[0] += 1
+        root = tmp_path / f"ytvos{counter[0]}"
+        write_tiny_ytvos(root, **kwargs)
+        return str(root)
+
+    return make
