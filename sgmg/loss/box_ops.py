@@ -37,7 +37,7 @@ def generalized_box_iou(boxes_a: Tensor, boxes_b: Tensor, eps: float = 1e-6) -> 
     """
     area_a = (boxes_a[..., 2] - boxes_a[..., 0]) * (boxes_a[..., 3] - boxes_a[..., 1])
     area_b = (boxes_b[..., 2] - boxes_b[..., 0]) * (boxes_b[..., 3] - boxes_b[..., 1])
-    inter_wh = (torch.minimum(boxes_a[..., 2:], boxes_b[..., 2:]) - torch.maximum(boxes_a[..., :2], boxes_b[..., :2]))
+    inter_wh = torch.minimum(boxes_a[..., 2:], boxes_b[..., 2:]) - torch.maximum(boxes_a[..., :2], boxes_b[..., :2])
     inter_wh = inter_wh.clamp(min=0)
     inter = inter_wh[..., 0] * inter_wh[..., 1]
     union = area_a + area_b - inter
