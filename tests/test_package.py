@@ -41,7 +41,8 @@ def test_public_api_names_resolve() -> None:
     import sgmg
 
     for name in sgmg.__all__:
-        assert callable(getattr(sgmg, name)), name
+        assert getattr(sgmg, name) is not None, name
+    assert "sgmg_tiny" in sgmg.MODEL_CONFIGS and callable(sgmg.build_model)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sgmg.nope  # noqa: B018
 

@@ -96,17 +96,19 @@ def _load_model(args: argparse.Namespace):
 
 
 def load_tokenizer_for(model, name_or_path: str | None = None):
-    """The tokenizer of ``model``'s text encoder: ``name_or_path`` if given, else the one its config records."""
-    from transformers import AutoTokenizer
+    """The tokenizer of ``model``'s text encoder.
 
-    if name_or_path is None:
-        name_or_path = model.config.text.tokenizer
-    if name_or_path is None:
-        raise ValueError("the checkpoint records no tokenizer for its text encoder; pass --tokenizer FOLDER")
-    try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except OSError as exc:
+    ``name_or_path`` wins when given; otherwise the tokenizer the model's config records
+    (:attr:`sgmg.config.TextEncoderConfig.tokenizer`). The tokenizer's vocabulary must fit the encoder's embeddings.
+    """
+    from sgmg.data.tokenizer import load_tokenizer
+
+    text = model.config.text
+    tokenizer = load_tokenizer(name_or_path if name_or_path is not None else text.tokenizer_source)
+    vocab = model.text_encoder.model.config.vocab_size
+    if len(tokenizer) > vocab:
         raise ValueError(
-            f"cannot load the tokenizer {str(name_or_path)!r} ({exc}); pass --tokenizer with a local folder "
-            "holding the tokenizer files (no model hub is reachable offline)"
-        ) from exc
+            f"the tokenizer has {len(tokenizer)} tokens but the text encoder only {vocab} embeddings; "
+            "pass --tokenizer with the tokenizer the text encoder was trained with"
+        )
+    return tokenizer

@@ -131,7 +131,8 @@ class DataConfig:
             photometric distortion; capped at ``max_size``). False: a plain resize to ``size`` (quick CPU runs).
         size: short side of the plain resize (``augment=False``).
         max_size: cap on the longer side.
-        tokenizer: local tokenizer folder; None uses the model's default (``sgmg_tiny``: the MiniLM vocabulary).
+        tokenizer: tokenizer folder (see :func:`sgmg.data.tokenizer.load_tokenizer`); None uses the one the model's
+            config records (``sgmg_tiny``: the MiniLM package's bert-base-uncased vocabulary).
         batch_size: clips per optimizer micro-step.
     """
 

