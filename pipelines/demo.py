@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import logging
 import math
 import os
 import sys
@@ -31,18 +33,25 @@ def _say(msg: str) -> None:
 class RayDataClipStream:
     """Training batches streamed from ingested shards by Ray Data, in the ``ClipStream`` shape ``train_local`` uses.
 
+    One Ray Data pass draws ``epochs_per_pass`` epochs of clips (each epoch with its own seed), so the pipeline is
+    not restarted at every epoch boundary.
+
     Args:
         dest: the ingest output folder (local path or any URI :mod:`pipelines.storage` accepts).
         clip: how clips are sampled and augmented (:class:`pipelines.stream.ClipConfig`).
         tokenizer: the text encoder's tokenizer.
         batch_size: clips per batch.
-        seed: base seed; epoch ``e`` uses ``seed + e`` so every epoch draws new clips.
+        seed: base seed of the clip sampling.
+        epochs_per_pass: epochs drawn by one pass of the Ray Data pipeline.
     """
 
-    def __init__(self, dest: str, clip: Any, tokenizer: Any, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, dest: str, clip: Any, tokenizer: Any, batch_size: int, seed: int, epochs_per_pass: int = 4
+    ) -> None:
         from pipelines.ingest import load_manifest
 
         self.dest, self.clip, self.tokenizer, self.batch_size, self.seed = dest, clip, tokenizer, batch_size, seed
+        self.epochs_per_pass = epochs_per_pass
         self.samples = load_manifest(dest)["num_samples"]
 
     def __len__(self) -> int:
@@ -53,11 +62,15 @@ class RayDataClipStream:
 
         epoch = start_epoch
         while True:
-            cfg = dataclasses.replace(self.clip, seed=self.seed + epoch, anchored=False)
+            cfg = dataclasses.replace(self.clip, seed=self.seed + epoch, anchored=False, epochs=self.epochs_per_pass)
             ds = clip_dataset(self.dest, cfg, shuffle_files=True)
-            for batch in iter_clip_batches(ds, self.batch_size, self.tokenizer, local_shuffle_buffer_size=16):
-                yield epoch, batch
-            epoch += 1
+            batches = iter_clip_batches(ds, self.batch_size, self.tokenizer, local_shuffle_buffer_size=64)
+            try:
+                for i, batch in enumerate(batches):
+                    yield epoch + i // len(self), batch
+            finally:  # stop Ray Data's prefetching as soon as training stops consuming
+                batches.close()
+            epoch += self.epochs_per_pass
 
 
 def predict_split(model: Any, tokenizer: Any, data_root: Path, out: Path, short_side: int) -> int:
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     import torch
+    import transformers
 
     from pipelines.ingest import IngestConfig, run_ingest
     from pipelines.stream import ClipConfig
@@ -121,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(f"[2/5] Ray Data ingest {data_root} (train) -> {shards}")
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines instead
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
     try:
         summary = run_ingest(
             IngestConfig(
@@ -163,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         stream = RayDataClipStream(str(shards), ClipConfig(num_frames=3, recipe="none"), tokenizer, 2, args.seed)
         result = train_local(cfg, log=lambda m: _say(f"      {m}"), stream=stream)
     finally:
+        gc.collect()  # close any half-consumed Ray Data iterator before the cluster goes away
         ray.shutdown()
 
     _say("[4/5] predict every valid expression (trained and untrained model)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # name -> (module implementing configure/run, one-line help). Pipeline commands live in ``pipelines``.
@@ -24,18 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Top-level parser; only ``command``'s module is imported to configure its sub-parser."""
     parser = argparse.ArgumentParser(
         prog="sgmg",
-        description="SgMg referring video object segmentation: data, training, evaluation, inference, serving.",
+        description="SgMg referring video object segmentation: data, ingest, training, evaluation, inference.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in _available().items():
+    for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(module).configure(p)
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(_available()[args.command][0])
+    module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.run(args) or 0)
 
 
