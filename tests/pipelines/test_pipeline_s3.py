@@ -64,7 +64,7 @@ def _upload(local_root: str, uri: str) -> int:
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server, tmp_path_factory) -> dict:
     """The tiny dataset, locally and uploaded to its own bucket."""
-    from conftest import write_tiny_ytvos
+    from tiny_ytvos import write_tiny_ytvos
 
     local = tmp_path_factory.mktemp("ytvos") / "ytvos"
     write_tiny_ytvos(local, n_videos=N_VIDEOS, n_frames=5, corrupt_frame=CORRUPT_FRAME, bad_mask_size=BAD_MASK)

@@ -14,7 +14,7 @@ from pipelines import ingest, stream
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):  # noqa: ANN201 - (pyarrow table, local dataset root)
-    from conftest import write_tiny_ytvos
+    from tiny_ytvos import write_tiny_ytvos
 
     root = tmp_path_factory.mktemp("ds") / "ytvos"
     write_tiny_ytvos(root, n_videos=3, n_frames=6)
