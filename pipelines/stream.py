@@ -27,10 +27,10 @@ import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import Any
 
 import numpy as np
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import ingest, storage
 from sgmg.data.schema import ClipBatch, ClipSample
@@ -238,17 +238,39 @@ def clip_dataset(
     )
 
 
-def clip_collate(tokenizer: Any, pad_multiple: int = 32, normalize_text: bool = True, max_text_len: int | None = None):  # noqa: ANN201
-    """A picklable ``collate_fn`` for ``iter_torch_batches``: a column batch of clips -> :class:`ClipBatch`."""
-    from sgmg.data.collate import collate_arrays
+class ClipCollate(NumpyBatchCollateFn):
+    """``collate_fn`` for ``iter_torch_batches``: a numpy column batch of clips -> :class:`ClipBatch`.
 
-    return partial(
-        collate_arrays,
-        tokenizer=tokenizer,
-        pad_multiple=pad_multiple,
-        normalize_text=normalize_text,
-        max_text_len=max_text_len,
-    )
+    A ``NumpyBatchCollateFn`` subclass, the form Ray Data asks for since 2.47 (plain functions are deprecated);
+    picklable, so Ray can ship it with the tokenizer to any worker.
+    """
+
+    def __init__(
+        self, tokenizer: Any, pad_multiple: int = 32, normalize_text: bool = True, max_text_len: int | None = None
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.pad_multiple = pad_multiple
+        self.normalize_text = normalize_text
+        self.max_text_len = max_text_len
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> ClipBatch:
+        from sgmg.data.collate import collate_arrays
+
+        return collate_arrays(
+            batch,
+            tokenizer=self.tokenizer,
+            pad_multiple=self.pad_multiple,
+            normalize_text=self.normalize_text,
+            max_text_len=self.max_text_len,
+        )
+
+
+def clip_collate(
+    tokenizer: Any, pad_multiple: int = 32, normalize_text: bool = True, max_text_len: int | None = None
+) -> ClipCollate:
+    """The ``collate_fn`` of the training stream (see :class:`ClipCollate`)."""
+    return ClipCollate(tokenizer, pad_multiple, normalize_text, max_text_len)
 
 
 def iter_clip_batches(
