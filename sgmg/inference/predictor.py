@@ -19,11 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgmg.data.schema import ClipBatch
+from sgmg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sgmg.inference.sources import FrameSource
 from sgmg.model.outputs import SgMgOutput
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

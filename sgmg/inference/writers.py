@@ -1,7 +1,8 @@
 """Writers for predictions: one PNG mask per frame and an overlay video.
 
-PNG masks are 8-bit grayscale with values 0/255 (the Ref-YouTube-VOS submission convention). Each file is written to
-a temporary name and renamed, so an interrupted run never leaves a truncated mask behind.
+PNG masks are 8-bit grayscale with values 0/255 (the Ref-YouTube-VOS submission convention), written by
+:func:`sgmg.eval.common.write_binary_png` to a temporary name and renamed, so an interrupted run never leaves a
+truncated mask behind.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from sgmg.eval.common import write_binary_png
 
 OVERLAY_COLOR = np.array([255, 64, 32], dtype=np.float32)
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
-    """Write bool ``[H, W]`` ``mask`` to ``path`` as a 0/255 grayscale PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write bool ``[H, W]`` ``mask`` to ``path`` as a 0/255 grayscale PNG, atomically (the submission format)."""
+    write_binary_png(Path(path), mask)
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
