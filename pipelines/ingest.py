@@ -45,6 +45,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,7 @@ FRAME_CODECS = ("jpeg", "png")
 SHARD_FORMAT_VERSION = 1
 PLAN_NAME = "_plan.json"
 MANIFEST_NAME = "manifest.json"
+ROW_GROUP_ROWS = 8  # videos per Parquet row group of a shard (the unit of a partial read)
 QUARANTINE_NAME = "quarantine.jsonl"
 _META_KEY = b"sgmg.shard"
 
@@ -316,13 +318,39 @@ def row_to_video(row: dict) -> VideoData:
     )
 
 
+def read_shard_rows(
+    uri: str, start: int = 0, stop: int | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Rows ``[start, stop)`` of the shard at ``uri``, reading only the row groups that hold them.
+
+    Raises:
+        StorageError: the shard cannot be read (named in the message).
+    """
+
+    def read(fs: Any, path: str) -> pa.Table:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            end = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
+            groups, first, offset = [], 0, 0
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if offset < end and offset + n > start:
+                    first = first if groups else offset
+                    groups.append(g)
+                offset += n
+            table = pf.read_row_groups(groups, columns=list(columns) if columns else None)
+            return table.slice(start - first, max(0, end - start))
+
+    return storage.read_with(uri, read)
+
+
 def write_shard_bytes(rows: list[dict], meta: dict) -> bytes:
     """Serialise rows into one Parquet file (bytes) with ``meta`` JSON in its footer. Deterministic."""
     table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
     buf = io.BytesIO()
     # one row group per ~8 videos keeps memory bounded when reading; frames are already compressed
-    pq.write_table(table, buf, row_group_size=8, compression="zstd", write_statistics=False)
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_statistics=False)
     return buf.getvalue()
 
 
@@ -618,6 +646,22 @@ def load_manifest(dest: str) -> dict:
             f"{uri} not found: {dest} is not a completed ingest; run or resume `sgmg ingest --dest {dest}`"
         )
     return json.loads(storage.read_bytes(uri))
+
+
+def row_ranges(
+    dest: str, manifest: dict | None = None, rows_per_range: int = ROW_GROUP_ROWS
+) -> list[tuple[str, int, int]]:
+    """``(shard uri, start, stop)`` ranges of at most ``rows_per_range`` videos covering every row of the ingest.
+
+    The default follows the shards' row groups, so each range reads one row group.
+    """
+    manifest = manifest or load_manifest(dest)
+    step = max(1, int(rows_per_range))
+    return [
+        (storage.join(dest, s["name"]), start, min(start + step, int(s["rows"])))
+        for s in manifest["shards"]
+        for start in range(0, int(s["rows"]), step)
+    ]
 
 
 def shard_uris(dest: str, manifest: dict | None = None) -> list[str]:

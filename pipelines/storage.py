@@ -388,6 +388,24 @@ def remove_stale_temporaries(uri: str | os.PathLike) -> list[str]:
     return sorted(removed)
 
 
+def read_with(uri: str | os.PathLike, read: Callable[[pafs.FileSystem, str], T]) -> T:
+    """``read(filesystem, path)`` for ``uri``, with the retries and error messages of :func:`read_bytes`.
+
+    For partial reads of large objects (Parquet row groups through ``pq.ParquetFile(fs.open_input_file(path))``):
+    the whole call is retried on a transient error, so ``read`` must have no side effects.
+
+    Raises:
+        StorageNotFoundError: the object (or its bucket: :class:`BucketNotFoundError`) does not exist.
+        StoragePermissionError: the credentials may not read it.
+    """
+    loc = resolve(uri)
+    try:
+        return _retry(lambda: read(loc.fs, loc.path), loc.uri, "read")
+    except StorageNotFoundError:
+        _check_bucket(loc)
+        raise
+
+
 def pyarrow_location(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for APIs that take a pyarrow filesystem (``ray.data.read_parquet(path, filesystem=)``)."""
     loc = resolve(uri)

@@ -2,8 +2,8 @@
 
 Pipeline (all lazy and streaming)::
 
-    read_parquet(shards of the manifest, filesystem from pipelines.storage)     one row per video
-      -> map_batches(sample_clips, TaskPoolStrategy, num_cpus=...)              one row per training clip
+    from_items(row ranges of the manifest's shards: a Parquet row group each)   one item per read task
+      -> map_batches(read the row group, sample clips, TaskPoolStrategy)         one row per training clip
       -> (TorchTrainer splits it across workers with streaming_split)
       -> iter_torch_batches(collate_fn=clip_collate(tokenizer))                 sgmg ClipBatch per step
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines import ingest, storage
+from pipelines import ingest
 from sgmg.data.schema import ClipBatch, ClipSample
 
 RECIPES = ("video", "image", "none")
@@ -144,18 +144,46 @@ def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
                     yield clip
 
 
-def sample_clips(batch: Any, cfg: dict) -> dict[str, list]:
+def sample_clips(batch: Any, cfg: dict) -> dict[str, Any]:
     """Ray Data UDF: a pyarrow batch of shard rows -> columns of clips (``sgmg.data.collate.sample_to_arrays``)."""
+    return _clip_columns(batch.to_pylist(), ClipConfig(**cfg))
+
+
+def _clip_columns(rows: list[dict], config: ClipConfig) -> dict[str, Any]:
+    """The clips of ``rows`` as Ray Data columns (empty dict when there are none)."""
+    return _to_columns([clip for row in rows for clip in clips_of_row(row, config)])
+
+
+def _to_columns(clips: list[ClipSample]) -> dict[str, Any]:
+    """Clips as Ray Data columns (``sgmg.data.collate.sample_to_arrays`` per clip; empty dict for no clips)."""
     from sgmg.data.collate import ARRAY_COLUMNS, sample_to_arrays
 
-    config = ClipConfig(**cfg)
+    if not clips:
+        return {}  # Ray cannot infer column types from empty lists
     out: dict[str, list] = {k: [] for k in ARRAY_COLUMNS}
-    for row in batch.to_pylist():
-        for clip in clips_of_row(row, config):
-            for k, v in sample_to_arrays(clip).items():
-                out[k].append(v)
-    return out if out["frames"] else {}  # Ray cannot infer column types from empty lists
+    for clip in clips:
+        for k, v in sample_to_arrays(clip).items():
+            out[k].append(v)
+    return {k: tensor_column(v) if isinstance(v[0], np.ndarray) else v for k, v in out.items()}
 
+
+def tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
+    """A list of per-row arrays as the column Ray Data converts fastest: stacked ``[N, ...]`` when every row has the
+    same shape (a fixed-shape tensor column), else a 1-D object array (a variable-shaped one).
+
+    Ray 2.60 turns a plain list of equally-shaped arrays into a tensor column ~30x slower than the stacked array
+    (34 ms vs 1 ms per 5-frame 640x360 clip, measured here).
+    """
+    first = arrays[0]
+    if all(a.shape == first.shape and a.dtype == first.dtype for a in arrays):
+        return np.stack(arrays)
+    column = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):  # item by item: a slice assignment would try to broadcast the arrays together
+        column[i] = a
+    return column
+
+
+_BLOCK_BYTES = 16 * 2**20  # target size of the clip blocks (~3 clips of 5 frames at 640x360)
 
 _NEEDED_COLUMNS = (
     "video_id",
@@ -173,29 +201,68 @@ _NEEDED_COLUMNS = (
 )
 
 
-def read_videos(dest: str, columns: tuple[str, ...] | None = _NEEDED_COLUMNS, shuffle_files: bool = False):  # noqa: ANN201 - ray.data.Dataset
+def _row_ranges(dest: str, videos_per_task: int | None, shuffle_files: bool):  # noqa: ANN202 - ray.data.Dataset
+    """A dataset of ``(uri, start, stop)`` items, one per read task (a row group of a shard by default)."""
+    import ray
+
+    manifest = ingest.load_manifest(dest)
+    ranges = ingest.row_ranges(dest, manifest, videos_per_task or ingest.ROW_GROUP_ROWS)
+    if not ranges:
+        raise ingest.IngestError(f"the manifest of {dest} lists no videos; rerun `sgmg ingest` with more videos")
+    items = [{"uri": u, "start": a, "stop": b} for u, a, b in ranges]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.randomize_block_order() if shuffle_files else ds
+
+
+def _read_ranges(batch: dict[str, np.ndarray], columns: list[str] | None) -> Iterator[Any]:
+    """Ray Data UDF: row ranges -> the shard rows they cover (one output block per range)."""
+    for uri, a, b in zip(batch["uri"], batch["start"], batch["stop"], strict=True):
+        yield ingest.read_shard_rows(str(uri), int(a), int(b), columns)
+
+
+def _clips_of_ranges(batch: dict[str, np.ndarray], cfg: dict, clips_per_block: int) -> Iterator[dict[str, Any]]:
+    """Ray Data UDF: row ranges -> their clips, in output blocks of ``clips_per_block`` clips (streamed as made)."""
+    config = ClipConfig(**cfg)
+    pending: list[ClipSample] = []
+    for uri, a, b in zip(batch["uri"], batch["start"], batch["stop"], strict=True):
+        for row in ingest.read_shard_rows(str(uri), int(a), int(b), _NEEDED_COLUMNS).to_pylist():
+            for clip in clips_of_row(row, config):
+                pending.append(clip)
+                if len(pending) >= clips_per_block:
+                    yield _to_columns(pending)
+                    pending = []
+    if pending:
+        yield _to_columns(pending)
+
+
+def read_videos(
+    dest: str,
+    columns: tuple[str, ...] | None = _NEEDED_COLUMNS,
+    shuffle_files: bool = False,
+    videos_per_task: int | None = None,
+):  # noqa: ANN201 - ray.data.Dataset
     """The shard rows (one per video) of the completed ingest at ``dest`` as a Ray Dataset.
+
+    Shards are read by this module's own tasks, one per row group (``videos_per_task`` rows), from the manifest's
+    shard list: Ray 2.60's ``read_parquet`` starts footer-reader actors on every execution, ~5 s before the first row
+    on a 2-core machine, i.e. on every epoch.
 
     Args:
         dest: the ingest output folder.
         columns: columns to keep (None: all).
-        shuffle_files: read the shards in a new random order on every pass.
+        shuffle_files: read the row groups in a new random order on every pass.
+        videos_per_task: rows per read task (None: one Parquet row group, 8 videos).
 
     Raises:
-        pipelines.ingest.IngestError: ``dest`` has no manifest (the ingest did not finish) or no shards.
+        pipelines.ingest.IngestError: ``dest`` has no manifest (the ingest did not finish) or no videos.
     """
-    import ray
-
-    manifest = ingest.load_manifest(dest)
-    uris = ingest.shard_uris(dest, manifest)
-    if not uris:
-        raise ingest.IngestError(f"the manifest of {dest} lists no shards; rerun `sgmg ingest` with more videos")
-    fs = storage.resolve(uris[0]).fs
-    paths = [storage.resolve(u).path for u in uris]
-    ds = ray.data.read_parquet(
-        paths, filesystem=fs, override_num_blocks=len(paths), shuffle="files" if shuffle_files else None
+    return _row_ranges(dest, videos_per_task, shuffle_files).map_batches(
+        _read_ranges,
+        fn_kwargs={"columns": list(columns) if columns else None},
+        batch_size=1,
+        batch_format="numpy",
+        udf_modifying_row_count=True,
     )
-    return ds.select_columns(list(columns)) if columns else ds
 
 
 def clip_dataset(
@@ -204,18 +271,25 @@ def clip_dataset(
     *,
     parallelism: int | None = None,
     num_cpus: float = 1.0,
-    videos_per_batch: int = 1,
+    videos_per_task: int | None = None,
+    clips_per_block: int = 8,
     shuffle_files: bool = False,
 ):  # noqa: ANN201 - ray.data.Dataset
-    """Training clips of the ingest at ``dest``, decoded and augmented on CPU by a task pool.
+    """Training clips of the ingest at ``dest``, read, decoded and augmented on CPU by a task pool.
+
+    Each task reads a row group of a shard (or ``videos_per_task`` videos) and emits its clips in blocks of
+    ``clips_per_block`` as soon as they are made, stored as stacked (fixed-shape) or variable-shaped tensor columns
+    (:func:`tensor_column`).
 
     Args:
         dest: the ingest output folder (its ``manifest.json`` lists the shards).
         cfg: clip sampling and augmentation (:class:`ClipConfig` defaults when None).
         parallelism: concurrent decode tasks (None: as many as fit).
         num_cpus: CPUs per decode task.
-        videos_per_batch: videos per decode batch (each yields ``expressions x anchors x epochs`` clips).
-        shuffle_files: visit the shards in a new random order on every pass (combine with
+        videos_per_task: videos per task (None: a row group, 8; fewer spreads small datasets over more CPUs, at the
+            cost of reading the row group once per task).
+        clips_per_block: clips per output block (~5 MB each at 640 px): small blocks reach the trainer sooner.
+        shuffle_files: visit the row groups in a new random order on every pass (combine with
             ``local_shuffle_buffer_size`` of :func:`iter_clip_batches` to mix clips of different videos).
 
     Returns:
@@ -225,17 +299,20 @@ def clip_dataset(
 
     cfg = cfg or ClipConfig()
     compute = ray.data.TaskPoolStrategy(size=parallelism) if parallelism else None
-    # small blocks of whole videos, so that decode tasks run in parallel even when there are few shards
-    videos = read_videos(dest, shuffle_files=shuffle_files).repartition(target_num_rows_per_block=videos_per_batch)
-    return videos.map_batches(
-        sample_clips,
-        fn_kwargs={"cfg": asdict(cfg)},
-        batch_size=videos_per_batch,
-        batch_format="pyarrow",
+    ds = _row_ranges(dest, videos_per_task, shuffle_files).map_batches(
+        _clips_of_ranges,
+        fn_kwargs={"cfg": asdict(cfg), "clips_per_block": max(1, int(clips_per_block))},
+        batch_size=1,
+        batch_format="numpy",
         compute=compute,
         num_cpus=num_cpus,
         udf_modifying_row_count=True,
     )
+    # Ray buffers a task's outputs until they pass target_max_block_size (128 MiB: ~30 clips) before it emits a
+    # block; a small target on this dataset's own context (the global one is untouched) sends clips on as they are
+    # made: the first batch of an epoch arrives ~3x sooner (1.4 s vs 4 s here).
+    ds.context.target_max_block_size = _BLOCK_BYTES
+    return ds
 
 
 class ClipCollate(NumpyBatchCollateFn):

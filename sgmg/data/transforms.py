@@ -21,7 +21,9 @@ Deliberate differences, each a fix of an official quirk (§7.10 of the notes):
 * visibility after a crop is read from the cropped masks (the official ``Check`` uses the cropped box, which can keep an
   object whose box overlaps the crop while none of its pixels do); boxes are tight boxes of the final masks with the
   pixel-edge convention ``x2 = last column + 1``;
-* the photometric distortion clips to [0, 255] before the uint8 cast (the official cast of out-of-range floats wraps).
+* the photometric distortion clips to [0, 255] before the uint8 cast (the official cast of out-of-range floats wraps);
+* the crop branch resamples once (``random_resize_crop_resize``: same random draws and window, one resize from the
+  source pixels instead of resize -> crop -> resize), which is sharper and ~3x cheaper.
 
 Frames stay uint8 ``[T, H, W, 3]`` and masks bool ``[O, T, H, W]`` throughout, so samples are 4x smaller when streamed;
 ImageNet normalisation (``normalize_frames``) and boxes (``masks_to_boxes``) are computed at collate time.
@@ -152,6 +154,18 @@ def crop(sample: ClipSample, top: int, left: int, height: int, width: int) -> Cl
     )
 
 
+def _draw_crop_window(
+    img_hw: tuple[int, int], rng: np.random.Generator, min_size: int = CROP_MIN, max_size: int = CROP_MAX
+) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of a random window with sides in ``[min_size, min(side, max_size)]``."""
+    img_h, img_w = img_hw
+    w = int(rng.integers(min(min_size, img_w), min(img_w, max_size) + 1))
+    h = int(rng.integers(min(min_size, img_h), min(img_h, max_size) + 1))
+    top = int(rng.integers(0, img_h - h + 1))
+    left = int(rng.integers(0, img_w - w + 1))
+    return top, left, h, w
+
+
 def random_size_crop(
     sample: ClipSample, rng: np.random.Generator, min_size: int = CROP_MIN, max_size: int = CROP_MAX
 ) -> ClipSample:
@@ -159,12 +173,31 @@ def random_size_crop(
 
     Objects cropped away become invisible (``sample.valid`` is computed from the cropped masks).
     """
-    img_h, img_w = sample.frames.shape[1:3]
-    w = int(rng.integers(min(min_size, img_w), min(img_w, max_size) + 1))
-    h = int(rng.integers(min(min_size, img_h), min(img_h, max_size) + 1))
-    top = int(rng.integers(0, img_h - h + 1))
-    left = int(rng.integers(0, img_w - w + 1))
-    return crop(sample, top, left, h, w)
+    return crop(sample, *_draw_crop_window(sample.frames.shape[1:3], rng, min_size, max_size))
+
+
+def random_resize_crop_resize(
+    sample: ClipSample, rng: np.random.Generator, scales: Sequence[int], max_size: int | None = None
+) -> ClipSample:
+    """The crop branch of the recipes: ``resize(short in CROP_PRE_SCALES) -> random_size_crop -> resize(short in
+    scales, max_size)``, resampled once.
+
+    The random draws (and their order) are those of the three steps; the window drawn in the intermediate image is
+    mapped back to the source pixels (edges rounded to the nearest source pixel, under one source pixel of shift) and
+    that region is resized straight to the final size. The official code resizes twice: the first resize upsamples
+    the frames stored at 640 (a short side of 400-600 from 360) and the second shrinks them again, which blurs them
+    and costs ~3x the work of one resize.
+    """
+    src_h, src_w = sample.frames.shape[1:3]
+    short = int(CROP_PRE_SCALES[rng.integers(len(CROP_PRE_SCALES))])
+    mid_h, mid_w = size_for_short_side((src_h, src_w), short)
+    top, left, h, w = _draw_crop_window((mid_h, mid_w), rng)
+    short = int(scales[rng.integers(len(scales))])
+    size = size_for_short_side((h, w), short, max_size)
+    y0, y1 = round(top * src_h / mid_h), round((top + h) * src_h / mid_h)
+    x0, x1 = round(left * src_w / mid_w), round((left + w) * src_w / mid_w)
+    y0, x0 = min(y0, src_h - 1), min(x0, src_w - 1)
+    return resize_sample(crop(sample, y0, x0, max(y1 - y0, 1), max(x1 - x0, 1)), size)
 
 
 def swap_left_right(text: str) -> str:
@@ -233,14 +266,19 @@ def _apply_photometric(frames: np.ndarray, params: Sequence[tuple]) -> np.ndarra
             x += np.float32(delta)
             np.clip(x, 0.0, 255.0, out=x)
         if s != 1.0:
-            v = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])[..., None]  # [H, W, 1]
+            v = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])  # [H, W]
             v *= np.float32(c * (1.0 - s))
             x *= np.float32(c * s)
-            x += v
+            for k in range(3):  # channel by channel: numpy's broadcast over a last axis of 3 is ~4x slower
+                x[..., k] += v
         elif c != 1.0:
             x *= np.float32(c)
         np.clip(x, 0.0, 255.0, out=x)
-        out[i] = x[..., perm] if perm is not None else x  # uint8 cast truncates, as astype(np.uint8)
+        if perm is None:
+            out[i] = x  # uint8 cast truncates, as astype(np.uint8)
+        else:
+            for k in range(3):  # a fancy-indexed x[..., perm] copy costs ~3x more
+                out[i, ..., k] = x[..., perm[k]]
     return out
 
 
@@ -268,9 +306,7 @@ def augment_video(sample: ClipSample, rng: np.random.Generator, max_size: int = 
     if rng.random() < 0.5:
         sample = random_resize(sample, rng, VIDEO_SCALES, max_size)
     else:
-        sample = random_resize(sample, rng, CROP_PRE_SCALES)
-        sample = random_size_crop(sample, rng)
-        sample = random_resize(sample, rng, VIDEO_SCALES, max_size)
+        sample = random_resize_crop_resize(sample, rng, VIDEO_SCALES, max_size)
     if rng.random() < 0.5:
         sample = hflip(sample)
     return photometric_distort(sample, rng)
@@ -282,9 +318,7 @@ def augment_image(sample: ClipSample, rng: np.random.Generator) -> ClipSample:
         sample = hflip(sample)
     if rng.random() < 0.5:
         return random_resize(sample, rng, IMAGE_SCALES, IMAGE_MAX_SIZE)
-    sample = random_resize(sample, rng, CROP_PRE_SCALES)
-    sample = random_size_crop(sample, rng)
-    return random_resize(sample, rng, IMAGE_FINAL_SCALES, VIDEO_MAX_SIZE)
+    return random_resize_crop_resize(sample, rng, IMAGE_FINAL_SCALES, VIDEO_MAX_SIZE)
 
 
 def normalize_caption(text: str) -> str:

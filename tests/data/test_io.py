@@ -95,3 +95,24 @@ def test_refcoco_converted_instances(tmp_path: Path) -> None:
     assert rec.video_id == "42" and [e.text for e in rec.expressions] == ["the cat", "a cat"]
     video = reader.load_video(rec)
     assert video.masks.shape == (2, 1, 8, 8) and video.masks[0, 0, 1:4, 1:4].all()
+
+
+def test_decode_image_jpeg_fast_path_equals_pil_and_keeps_errors() -> None:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    data = encode_jpeg(frame)
+    with Image.open(io.BytesIO(data)) as img:
+        np.testing.assert_array_equal(decode_image(data), np.asarray(img.convert("RGB")))  # same libjpeg-turbo pixels
+    buf = io.BytesIO()  # CMYK JPEG: refused by simplejpeg, converted by PIL
+    Image.fromarray(frame).convert("CMYK").save(buf, "JPEG")
+    out = decode_image(buf.getvalue())
+    assert out.shape == (37, 53, 3) and out.dtype == np.uint8
+    buf = io.BytesIO()  # grey JPEG -> RGB
+    Image.fromarray(frame[..., 0]).save(buf, "JPEG")
+    assert decode_image(buf.getvalue()).shape == (37, 53, 3)
+    with pytest.raises(DataError, match="frame 7"):
+        decode_image(data[: len(data) // 2], "frame 7")  # truncated: an error, not a grey half image

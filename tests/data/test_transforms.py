@@ -189,3 +189,26 @@ def test_photometric_distortion_matches_the_sequential_recipe() -> None:
     draws = [_draw_photometric(np.random.default_rng(s)) for s in range(400)]
     assert 0.4 < np.mean([d[0] != 0 for d in draws]) < 0.6 and all(abs(d[0]) <= 32 for d in draws)
     assert 0.4 < np.mean([d[2] != 1 for d in draws]) < 0.6 and 0.1 < np.mean([d[3] is not None for d in draws]) < 0.3
+
+
+def test_crop_branch_resamples_once_with_the_official_draws() -> None:
+    """random_resize_crop_resize == resize -> crop -> resize (same draws, same output size, nearly the same pixels)."""
+    from sgmg.data.transforms import CROP_PRE_SCALES, random_resize, random_resize_crop_resize, random_size_crop
+
+    h, w = 360, 640
+    yy, xx = np.mgrid[0:h, 0:w]
+    frame = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (h + w)], -1).astype(np.uint8)  # smooth
+    masks = np.zeros((1, 2, h, w), bool)
+    masks[0, :, 100:260, 200:420] = True
+    s = ClipSample(np.stack([frame, frame[:, ::-1]]), masks, "x", "v", "0", ["0", "1"], [1])
+    for seed in range(8):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        fused = random_resize_crop_resize(s, rng_a, VIDEO_SCALES, VIDEO_MAX_SIZE)
+        ref = random_resize(random_size_crop(random_resize(s, rng_b, CROP_PRE_SCALES), rng_b), rng_b, VIDEO_SCALES, 640)
+        assert rng_a.random() == rng_b.random()  # the same random draws were consumed
+        assert fused.frames.shape == ref.frames.shape and fused.masks.shape == ref.masks.shape
+        diff = np.abs(fused.frames.astype(int) - ref.frames.astype(int))
+        assert diff.mean() < 2.0, (seed, diff.mean())  # < 1 source pixel of shift on a smooth image
+        inter = (fused.masks & ref.masks).sum()
+        union = (fused.masks | ref.masks).sum()
+        assert union == 0 or inter / union > 0.95

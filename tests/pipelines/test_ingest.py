@@ -136,3 +136,23 @@ def test_shipped_configs_are_valid(name: str) -> None:
     settings.pop("num_cpus")
     cfg = ingest.IngestConfig(**settings)
     assert cfg.format == "ref-youtube-vos" and cfg.source == "s3://a/b"
+
+
+def test_read_shard_rows_reads_any_range_across_row_groups(tmp_path) -> None:
+    n = ingest.ROW_GROUP_ROWS + 3  # two row groups
+    rows = [ingest.encode_video_row(_video(t=1, h=4, w=4, seed=s), codec="png") for s in range(n)]
+    for i, r in enumerate(rows):
+        r["video_id"] = f"v{i:02d}"
+    path = tmp_path / "shard-00000-of-00001.parquet"
+    path.write_bytes(ingest.write_shard_bytes(rows, {"rows": n}))
+    assert pq.ParquetFile(path).num_row_groups == 2
+    for start, stop in [(0, n), (0, 1), (5, ingest.ROW_GROUP_ROWS + 2), (n - 1, n), (3, 3)]:
+        table = ingest.read_shard_rows(str(path), start, stop, ["video_id"])
+        assert table.column_names == ["video_id"]
+        assert table.column("video_id").to_pylist() == [f"v{i:02d}" for i in range(start, stop)]
+    assert ingest.read_shard_rows(str(path)).num_rows == n
+    manifest = {"shards": [{"name": path.name, "rows": n}, {"name": "shard-x.parquet", "rows": 2}]}
+    ranges = ingest.row_ranges(str(tmp_path), manifest)
+    assert [(r[1], r[2]) for r in ranges] == [(0, ingest.ROW_GROUP_ROWS), (ingest.ROW_GROUP_ROWS, n), (0, 2)]
+    assert ranges[0][0] == str(path)
+    assert len(ingest.row_ranges(str(tmp_path), manifest, rows_per_range=1)) == n + 2

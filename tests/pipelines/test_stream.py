@@ -81,3 +81,24 @@ def test_clip_config_validation() -> None:
         stream.ClipConfig(recipe="mixup")
     with pytest.raises(ValueError, match="num_frames"):
         stream.ClipConfig(num_frames=0)
+
+
+def test_tensor_column_stacks_equal_shapes_and_keeps_ragged_ones() -> None:
+    same = [np.full((2, 3, 4), i, np.uint8) for i in range(3)]
+    col = stream.tensor_column(same)
+    assert col.shape == (3, 2, 3, 4) and col.dtype == np.uint8 and (col[2] == 2).all()
+    ragged = [np.zeros((2, 3, 4), np.uint8), np.ones((2, 5, 4), np.uint8)]  # same leading dim: no broadcasting
+    col = stream.tensor_column(ragged)
+    assert col.dtype == object and col.shape == (2,) and col[1].shape == (2, 5, 4) and (col[1] == 1).all()
+
+
+def test_clip_blocks_stream_in_small_pieces(shard, monkeypatch) -> None:
+    table, _ = shard
+    batch = {"uri": np.array(["x"]), "start": np.array([0]), "stop": np.array([3])}
+    cfg = asdict(stream.ClipConfig(num_frames=2, recipe="none", seed=0))
+    monkeypatch.setattr(ingest, "read_shard_rows", lambda uri, a, b, columns: table.slice(a, b - a))  # noqa: ARG005
+    blocks = list(stream._clips_of_ranges(batch, cfg, clips_per_block=3))
+    sizes = [len(b["video_id"]) for b in blocks]
+    expected = [c for row in table.to_pylist() for c in stream.clips_of_row(row, stream.ClipConfig(**cfg))]
+    assert sum(sizes) == len(expected) and all(s == 3 for s in sizes[:-1]) and 1 <= sizes[-1] <= 3
+    assert [v for b in blocks for v in b["video_id"]] == [c.video_id for c in expected]
