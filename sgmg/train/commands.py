@@ -10,13 +10,19 @@ import sys
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgmg train``."""
-    parser.add_argument("--local", action="store_true", help="train in this process, without Ray")
-    parser.add_argument("--config", metavar="FILE.yaml", help="training config (TrainConfig fields); optional")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="train in this process, without Ray (config: TrainConfig fields); without it: a Ray Train job "
+        "(pipelines.train.RayTrainJob fields: shards, num_workers, storage_path, train: {...}, tracking: {...})",
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="training config; optional")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted config overrides, e.g. data.root=data/synthetic max_steps=50 optim.lr=2e-5",
+        help="dotted config overrides, e.g. --local: data.root=data/synthetic max_steps=50 optim.lr=2e-5; "
+        "Ray: shards=s3://b/shards num_workers=4 use_gpu=true train.max_steps=5000",
     )
 
 

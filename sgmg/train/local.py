@@ -238,8 +238,12 @@ def save_training_checkpoint(
     epoch: int,
     cfg: TrainConfig,
     keep: int,
+    extra_state: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``output_dir/step_{step:07d}`` atomically and keep only the ``keep`` newest checkpoints."""
+    """Write ``output_dir/step_{step:07d}`` atomically and keep only the ``keep`` newest checkpoints.
+
+    ``extra_state`` (JSON values) is stored in ``trainer_state.json`` beside the counters, e.g. a tracking run id.
+    """
     from sgmg.checkpoint.io import save_checkpoint
 
     root = Path(output_dir)
@@ -259,6 +263,7 @@ def save_training_checkpoint(
         "scheduler": sched,
         "nonfinite": guard.state_dict(),
         "config": dataclasses.asdict(cfg),
+        **dict(extra_state or {}),
     }
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2, sort_keys=True))
     if final.exists():

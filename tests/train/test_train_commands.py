@@ -7,13 +7,11 @@ import pytest
 from sgmg.cli import main
 
 
-def test_train_without_local_explains(capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pipelines.train") is not None:
-        pytest.skip("the Ray launcher exists; sgmg train dispatches to it")
-    assert main(["train"]) == 2
-    assert "--local" in capsys.readouterr().err
+def test_train_without_local_is_the_ray_job_and_validates_first(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train"]) == 2  # no shards given: refused before Ray starts
+    assert "shards is empty" in capsys.readouterr().err
+    assert main(["train", "shards=/data/x", "train.optim.lrr=3"]) == 2
+    assert "train.optim.lrr" in capsys.readouterr().err
 
 
 def test_bad_override_is_reported(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,429 @@
+"""Distributed training on Ray Train: ``sgmg train --config job.yaml [key=value ...]`` (without ``--local``).
+
+One ``TorchTrainer`` run: ``num_workers`` workers (one per GPU with ``use_gpu``; DDP over NCCL, or gloo on CPU) each
+train :func:`sgmg.train.step.train_step` on its split of the clip stream of an ingest (``pipelines.stream``: Ray Data
+reads, decodes and augments on the cluster's CPUs and feeds every worker through ``get_dataset_shard`` +
+``iter_torch_batches`` with prefetch). Everything else is the local trainer's: the same :class:`TrainConfig`
+(``train:`` section: model, loss, optim, max_steps, accumulation, precision, ...), the same checkpoint layout.
+
+Checkpoints: every ``train.checkpoint_every`` optimizer steps rank 0 writes a training checkpoint
+(``sgmg.train.local.save_training_checkpoint``: model safetensors + config, optimizer, scheduler, counters, the MLflow
+run id) and reports it to Ray Train, which stores it under ``storage_path/name/`` (a local folder or ``s3://``, the
+S3 endpoint from ``AWS_ENDPOINT_URL``) and keeps the newest ``train.keep_checkpoints``. Every rank calls
+``ray.train.report`` at the same steps (it is a barrier).
+
+Resume: ``failure_config.max_failures`` restarts the worker group from the latest checkpoint after a worker or node
+failure; rerunning the same job (same ``storage_path`` and ``name``) after a driver crash resumes it too, and
+reattaches to the same MLflow run. A resumed run restarts the saved epoch from its beginning; clip sampling draws
+fresh randomness on every pass (``ClipConfig(seed=None)``), as distributed loaders do.
+
+Tracking (``tracking:``): rank 0 logs params, metrics per ``log_every`` steps and the final checkpoint to MLflow
+(``pipelines.tracking``); the default is a sqlite DB in the working directory.
+
+Ray: ``RAY_ADDRESS`` (a running cluster, KubeRay's included) or a local Ray started by the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgmg.train.config import TrainConfig
+
+RECIPES = ("video", "image", "none")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking of the run.
+
+    Attributes:
+        enabled: log to MLflow (rank 0 only).
+        tracking_uri: MLflow tracking URI; None: ``sqlite:///<cwd>/mlflow.db`` (one machine; on a cluster use a
+            tracking server every node reaches, e.g. ``http://mlflow:5000``).
+        experiment: experiment name (created when missing).
+    """
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "sgmg"
+
+
+@dataclass(frozen=True)
+class RayTrainJob:
+    """A Ray Train job.
+
+    Attributes:
+        shards: the output folder/URI of ``sgmg ingest`` to train on.
+        train: the training run (``TrainConfig``: model, loss, optim, steps, ...; ``data.batch_size`` is per worker;
+            ``output_dir`` and ``device`` are not used: checkpoints go to ``storage_path/name``, devices come from Ray).
+        recipe: augmentation: ``video`` (Ref-YouTube-VOS/MeViS), ``image`` (RefCOCO 1-frame clips) or ``none``.
+        name: the Ray Train run name (rerunning a name resumes it).
+        storage_path: where Ray Train keeps checkpoints: a local folder or ``s3://bucket/prefix``.
+        num_workers: training workers (one per GPU with ``use_gpu``).
+        use_gpu: one GPU per worker.
+        cpus_per_worker: CPUs reserved per training worker.
+        data_cpus: CPUs per decode/augment task of the clip stream.
+        max_failures: worker-group restarts from the latest checkpoint before the run fails.
+        shuffle_buffer: clips in each worker's local shuffle buffer (0: none).
+        tracking: MLflow settings.
+    """
+
+    shards: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recipe: str = "video"
+    name: str = "sgmg-train"
+    storage_path: str = "runs/ray"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus: float = 1.0
+    max_failures: int = 0
+    shuffle_buffer: int = 64
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ValueError("shards is empty; set it to the --dest of a finished `sgmg ingest` (folder or s3:// URI)")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0 or self.data_cpus <= 0:
+            raise ValueError(f"cpus_per_worker and data_cpus must be > 0, got {self.cpus_per_worker}, {self.data_cpus}")
+        if self.max_failures < 0 or self.shuffle_buffer < 0:
+            raise ValueError(
+                f"max_failures and shuffle_buffer must be >= 0, got {self.max_failures}, {self.shuffle_buffer}"
+            )
+
+
+def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrainJob:
+    """Read a job YAML (optional) and dotted overrides (``train.optim.lr=2e-5``) into a :class:`RayTrainJob`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the file and dotted key of a bad value.
+    """
+    import yaml
+
+    from sgmg.train.config import apply_overrides, from_dict
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training job config {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    try:
+        return from_dict(RayTrainJob, apply_overrides(data, overrides))
+    except ValueError as err:
+        raise ValueError(f"{path if path is not None else 'overrides'}: {err}") from None
+
+
+def job_from_dict(data: dict[str, Any]) -> RayTrainJob:
+    """Inverse of ``dataclasses.asdict(job)`` (what the workers receive)."""
+    from sgmg.train.config import from_dict
+
+    return from_dict(RayTrainJob, data)
+
+
+def steps_per_epoch(num_samples: int, job: RayTrainJob) -> int:
+    """Optimizer steps per epoch: one clip per (video, expression) per epoch, split over the workers."""
+    per_step = job.train.data.batch_size * job.num_workers * job.train.accum_steps
+    return max(1, num_samples // per_step)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function (see the module docstring); ``config = {"job": asdict(job), ...}``."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pipelines import stream, tracking
+    from sgmg.data.tokenizer import load_tokenizer
+    from sgmg.train.local import (
+        amp_settings,
+        build_criterion,
+        build_training_model,
+        load_training_checkpoint,
+        save_training_checkpoint,
+    )
+    from sgmg.train.optim import build_optimizer
+    from sgmg.train.schedule import build_scheduler
+    from sgmg.train.step import NonFiniteGuard, train_step
+
+    job = job_from_dict(config["job"])
+    cfg = job.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+    device = ray.train.torch.get_device()
+    amp_dtype, use_scaler = amp_settings(cfg.precision, device)
+    checkpoint = ray.train.get_checkpoint()
+    # when resuming, the weights come from the checkpoint: do not load init_from
+    model = build_training_model(dataclasses.replace(cfg, init_from=None) if checkpoint else cfg).to(device)
+    criterion = build_criterion(cfg.loss)
+    optimizer = build_optimizer(model, cfg.optim, world_size=world)
+    scheduler = build_scheduler(optimizer, cfg.optim, int(config["steps_per_epoch"]))
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
+    step, epoch, run_id = 0, 0, None
+    if checkpoint is not None:
+        # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
+        # optimizer.pt while another was still writing it (seen here as a corrupt-zip error on resume)
+        with tempfile.TemporaryDirectory(prefix=f"sgmg-resume-rank{rank}-") as folder:
+            checkpoint.to_directory(folder)
+            state = load_training_checkpoint(
+                Path(folder), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, guard=guard
+            )
+        step, epoch, run_id = int(state["step"]), int(state["epoch"]), state.get("mlflow_run_id")
+    tracker = tracking.RunTracker(
+        _tracking_uri(job) if rank == 0 else None,
+        job.tracking.experiment,
+        job.name,
+        run_id=run_id,
+        params={"job": config["job"], "world_size": world},
+        tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards},
+    )
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source)
+    shard = ray.train.get_dataset_shard("train")
+
+    def report(metrics: dict[str, float], final: bool) -> None:
+        """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="sgmg-ckpt-") as tmp:
+            path = save_training_checkpoint(
+                tmp,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                guard=guard,
+                step=step,
+                epoch=epoch,
+                cfg=cfg,
+                keep=1,
+                extra_state={"mlflow_run_id": tracker.run_id, "world_size": world},
+            )
+            if final:
+                tracker.log_artifacts(path, "checkpoint")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+
+    if rank == 0:
+        print(
+            f"[train] {cfg.model} on {world} x {device} ({amp_dtype or 'fp32'}), steps {step}->{cfg.max_steps}"
+            + (f", resumed at epoch {epoch}" if checkpoint else ""),
+            flush=True,
+        )
+    micro, window_start, window_clips = 0, time.perf_counter(), 0
+    status = "FAILED"
+    try:
+        while step < cfg.max_steps:
+            produced = False
+            for batch in stream.iter_clip_batches(
+                shard,
+                batch_size=cfg.data.batch_size,
+                tokenizer=tokenizer,
+                prefetch_batches=2,
+                drop_last=True,  # equal step counts on every worker (the split is equal too)
+                local_shuffle_buffer_size=job.shuffle_buffer or None,
+            ):
+                produced = True
+                batch = batch.to(device)
+                metrics = train_step(
+                    ddp_model,
+                    criterion,
+                    batch,
+                    optimizer,
+                    scaler=scaler,
+                    accum_steps=cfg.accum_steps,
+                    step_index=micro,
+                    clip_max_norm=cfg.optim.clip_max_norm,
+                    amp_dtype=amp_dtype,
+                    nonfinite=guard,
+                )
+                micro += 1
+                window_clips += batch.video.shape[0]
+                if micro % cfg.accum_steps:
+                    continue
+                step += 1
+                scheduler.step()
+                row = {"step": step, "epoch": epoch, "loss": metrics.loss, "lr": metrics.lr}
+                row |= {f"loss/{k}": v for k, v in metrics.terms.items()}
+                if metrics.grad_norm is not None:
+                    row["grad_norm"] = metrics.grad_norm
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    row["clips_per_s"] = window_clips * world / elapsed  # all workers: equal batches each
+                    row["nonfinite_total"] = guard.total
+                    tracker.log_metrics(row, step)
+                    if rank == 0:
+                        print(
+                            f"[train] step {step}/{cfg.max_steps} epoch {epoch} loss {metrics.loss:.4f} "
+                            f"lr {metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
+                            flush=True,
+                        )
+                    window_start, window_clips = time.perf_counter(), 0
+                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                    report(row, final=step == cfg.max_steps)
+                if step >= cfg.max_steps:
+                    break
+            if not produced:
+                raise ValueError(
+                    f"an epoch of {job.shards} gave worker {rank} no full batch of {cfg.data.batch_size} clips; "
+                    "use a smaller train.data.batch_size or fewer workers"
+                )
+            if step < cfg.max_steps:
+                epoch += 1
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+
+
+def _tracking_uri(job: RayTrainJob) -> str | None:
+    if not job.tracking.enabled:
+        return None
+    from pipelines import tracking
+
+    return job.tracking.tracking_uri or tracking.default_tracking_uri(os.getcwd())
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+@dataclass(frozen=True)
+class TrainRunResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        metrics: the last reported metrics (rank 0).
+        checkpoint: URI/path of the last checkpoint (None when none was reported).
+        run_path: ``storage_path/name``.
+        mlflow_run_id: the MLflow run (None when tracking is off).
+        seconds: wall time of ``fit``.
+    """
+
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    run_path: str
+    mlflow_run_id: str | None
+    seconds: float
+
+
+def _run_config(job: RayTrainJob) -> Any:
+    import ray.train
+
+    from pipelines import storage
+
+    loc = storage.resolve(job.storage_path)
+    return ray.train.RunConfig(
+        name=job.name,
+        storage_path=loc.path if loc.is_s3 else loc.uri,
+        storage_filesystem=loc.fs if loc.is_s3 else None,
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+        failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+    )
+
+
+def fit(job: RayTrainJob, *, log: Callable[[str], None] = print) -> TrainRunResult:
+    """Run the job on the current Ray cluster (``ray.init`` first); returns when training ends.
+
+    Raises:
+        pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
+        ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times (the cause is attached).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines import ingest, storage, stream
+
+    started = time.perf_counter()
+    manifest = ingest.load_manifest(job.shards)
+    cfg = job.train
+    clip = stream.ClipConfig(
+        num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
+    )
+    dataset = stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
+    spe = steps_per_epoch(int(manifest["num_samples"]), job)
+    log(
+        f"[train] {job.name}: {job.num_workers} worker(s), {manifest['num_videos']} videos / "
+        f"{manifest['num_samples']} samples in {job.shards}, {spe} steps/epoch, checkpoints -> "
+        f"{storage.join(job.storage_path, job.name)}"
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": dataclasses.asdict(job), "steps_per_epoch": spe},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.num_workers,
+            use_gpu=job.use_gpu,
+            resources_per_worker={"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {}),
+        ),
+        run_config=_run_config(job),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint
+    run_id = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run_id = json.loads((Path(folder) / "trainer_state.json").read_text()).get("mlflow_run_id")
+    path = checkpoint.path if checkpoint is not None else None
+    if path is not None and storage.resolve(job.storage_path).is_s3 and not path.startswith("s3://"):
+        path = "s3://" + path
+    return TrainRunResult(
+        metrics=dict(result.metrics or {}),
+        checkpoint=path,
+        run_path=storage.join(job.storage_path, job.name),
+        mlflow_run_id=run_id,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``sgmg train`` without ``--local`` (the CLI entry; arguments from ``sgmg.train.commands``)."""
+    try:
+        job = load_job(args.config, args.overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"sgmg train: {exc}", file=sys.stderr)
+        return 2
+    import ray
+
+    from pipelines import ingest
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    try:
+        result = fit(job)
+    except ingest.IngestError as exc:
+        print(f"sgmg train: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if started_here:
+            ray.shutdown()
+    loss = result.metrics.get("loss", math.nan)
+    print(
+        f"done: step {result.metrics.get('step')} loss {loss:.4f} in {result.seconds:.1f}s; "
+        f"checkpoint {result.checkpoint}; MLflow run {result.mlflow_run_id}"
+    )
+    return 0

@@ -1,0 +1,104 @@
+"""pipelines.train: Ray Train (2 CPU workers, DDP over gloo) on an ingest, checkpoints in S3 (moto on loopback),
+metrics in MLflow (sqlite), and a rerun of the same job that resumes from its last checkpoint and MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipelines import ingest, storage, tracking
+from pipelines import train as ray_train
+
+
+def test_job_config_validation(tmp_path) -> None:
+    job = ray_train.load_job(None, ["shards=/data/x", "train.max_steps=3", "train.optim.lr=2e-5", "num_workers=4"])
+    assert job.train.max_steps == 3 and job.train.optim.lr == 2e-5 and job.num_workers == 4
+    assert ray_train.job_from_dict(dataclasses.asdict(job)) == job  # what the workers rebuild
+    with pytest.raises(ValueError, match="shards is empty"):
+        ray_train.load_job(None, [])
+    with pytest.raises(ValueError, match=r"train\.optim\.lr"):
+        ray_train.load_job(None, ["shards=x", "train.optim.lr=fast"])
+    with pytest.raises(ValueError, match="recipe"):
+        ray_train.load_job(None, ["shards=x", "recipe=mosaic"])
+    with pytest.raises(FileNotFoundError):
+        ray_train.load_job(tmp_path / "missing.yaml")
+    assert ray_train.steps_per_epoch(10, job) == 2  # 10 samples / (batch 1 x 4 workers)
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
+def test_shipped_train_configs_are_valid(name: str) -> None:
+    from pathlib import Path
+
+    job = ray_train.load_job(Path(ray_train.__file__).parent / "configs" / name)
+    assert job.shards and job.train.max_steps > job.train.checkpoint_every
+
+
+@pytest.fixture(scope="module")
+def small_ingest(ray_cluster, tmp_path_factory) -> str:
+    from tiny_ytvos import write_tiny_ytvos
+
+    root = tmp_path_factory.mktemp("train-ds") / "ytvos"
+    write_tiny_ytvos(root, n_videos=4, n_frames=6, size=(64, 96))
+    dest = str(root) + "-shards"
+    ingest.run_ingest(
+        ingest.IngestConfig(source=str(root), dest=dest, max_side=96, shard_size=2), printer=lambda m: None
+    )
+    return dest
+
+
+@pytest.mark.integration
+def test_train_two_workers_checkpoints_to_s3_and_resumes(small_ingest, s3_bucket, tmp_path) -> None:
+    uri = tracking.default_tracking_uri(tmp_path)
+    overrides = [
+        f"shards={small_ingest}",
+        f"storage_path=s3://{s3_bucket}/runs",
+        "name=tiny",
+        "num_workers=2",
+        "cpus_per_worker=0.5",
+        "data_cpus=0.5",
+        "shuffle_buffer=0",
+        f"tracking.tracking_uri={uri}",
+        "train.model=sgmg_tiny",
+        "train.data.num_frames=2",
+        "train.data.max_size=96",
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.keep_checkpoints=2",
+    ]
+    first = ray_train.fit(ray_train.load_job(None, overrides), log=lambda m: None)
+    assert (
+        first.metrics["step"] == 4 and first.checkpoint and first.checkpoint.startswith(f"s3://{s3_bucket}/runs/tiny/")
+    )
+    assert storage.exists(storage.join(first.checkpoint, "model.safetensors"))
+    history = tracking.run_metrics(uri, first.mlflow_run_id)
+    assert [s for s, _ in history["loss"]] == [1, 2, 3, 4] and all(v > 0 for _, v in history["loss"])
+    assert "clips_per_s" in history and "loss/loss_dice" in history
+
+    # the checkpoint's model files load as a plain model checkpoint
+    import sgmg
+
+    local = tmp_path / "ckpt"
+    local.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (local / name).write_bytes(storage.read_bytes(storage.join(first.checkpoint, name)))
+    assert sgmg.load_checkpoint(local).config == sgmg.build_model("sgmg_tiny").config
+    state = json.loads(storage.read_bytes(storage.join(first.checkpoint, "trainer_state.json")))
+    assert state["world_size"] == 2 and state["step"] == 4 and state["mlflow_run_id"] == first.mlflow_run_id
+
+    # rerun the same job with more steps: resumes at step 4 into the same MLflow run
+    second = ray_train.fit(ray_train.load_job(None, [*overrides, "train.max_steps=6"]), log=lambda m: None)
+    assert second.metrics["step"] == 6 and second.mlflow_run_id == first.mlflow_run_id
+    steps = [s for s, _ in tracking.run_metrics(uri, first.mlflow_run_id)["loss"]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # continued, not restarted
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(first.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.params["job.train.max_steps"] == "4"
+    assert {a.path for a in client.list_artifacts(first.mlflow_run_id, "checkpoint")} >= {
+        "checkpoint/model.safetensors",
+        "checkpoint/config.json",
+    }
