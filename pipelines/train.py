@@ -17,6 +17,10 @@ failure; rerunning the same job (same ``storage_path`` and ``name``) after a dri
 reattaches to the same MLflow run. A resumed run restarts the saved epoch from its beginning; clip sampling draws
 fresh randomness on every pass (``ClipConfig(seed=None)``), as distributed loaders do.
 
+Validation (``val_shards``): at every checkpoint rank 0 scores the same unaugmented clip of every (video, expression)
+of a held-out ingest with ``sgmg.train.step.validation_step``: ``val_j``, ``val_f``, ``val_jf`` (what sweeps select
+on) and ``val_loss``, reported with the checkpoint.
+
 Tracking (``tracking:``): rank 0 logs params, metrics per ``log_every`` steps and the final checkpoint to MLflow
 (``pipelines.tracking``); the default is a sqlite DB in the working directory.
 
@@ -76,6 +80,9 @@ class RayTrainJob:
         data_cpus: CPUs per decode/augment task of the clip stream.
         max_failures: worker-group restarts from the latest checkpoint before the run fails.
         shuffle_buffer: clips in each worker's local shuffle buffer (0: none).
+        val_shards: an ingest with ground truth to validate on at every checkpoint (rank 0, one unaugmented clip per
+            (video, expression), the same clips every time): ``val_j``, ``val_f``, ``val_jf`` (the selection metric
+            of sweeps: unlike the loss it does not depend on the loss weights) and ``val_loss``.
         tracking: MLflow settings.
     """
 
@@ -90,6 +97,7 @@ class RayTrainJob:
     data_cpus: float = 1.0
     max_failures: int = 0
     shuffle_buffer: int = 64
+    val_shards: str | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -155,7 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from pipelines import stream, tracking
+    from pipelines import ingest, stream, tracking
     from sgmg.data.tokenizer import load_tokenizer
     from sgmg.train.local import (
         amp_settings,
@@ -204,6 +212,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source)
     shard = ray.train.get_dataset_shard("train")
+
+    def validate() -> dict[str, float]:
+        """Mean J, F, J&F and loss over the validation clips, on rank 0 alone (the others wait at the report).
+
+        Read straight from the shards in this process (held-out sets are small): no second Ray Data execution
+        competing for CPU slots with the training stream, and the same clips every time. The loss is computed
+        without the criterion's all-reduce of ``num_boxes``, which would wait forever for the other ranks.
+        """
+        if rank != 0 or not job.val_shards:
+            return {}
+        from sgmg.data.collate import collate_clips
+        from sgmg.train.step import validation_step
+
+        per_video, losses, pending = [], [], []
+        local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)  # no all-reduce: rank 0 alone
+        val_cfg = stream.ClipConfig(
+            num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
+        )
+
+        def flush() -> None:
+            batch = collate_clips(pending, tokenizer, pad_multiple=32).to(device)
+            m = validation_step(model, batch, local_criterion)
+            per_video.extend(m.per_video)
+            losses.append(m.loss)
+            pending.clear()
+
+        for uri, a, b in ingest.row_ranges(job.val_shards):
+            for row in ingest.read_shard_rows(uri, a, b).to_pylist():
+                for clip in stream.clips_of_row(row, val_cfg):
+                    pending.append(clip)
+                    if len(pending) == cfg.data.batch_size:
+                        flush()
+        if pending:
+            flush()
+        if not per_video:
+            raise ValueError(f"the validation ingest {job.val_shards} gave no clip with ground truth")
+        j = sum(x for x, _ in per_video) / len(per_video)
+        f = sum(y for _, y in per_video) / len(per_video)
+        return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum(losses) / len(losses)}
 
     def report(metrics: dict[str, float], final: bool) -> None:
         """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
@@ -284,7 +331,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         )
                     window_start, window_clips = time.perf_counter(), 0
                 if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                    report(row, final=step == cfg.max_steps)
+                    val = validate()
+                    if val:
+                        tracker.log_metrics(val, step)
+                        if rank == 0:
+                            print(f"[train] step {step} validation J&F {val['val_jf']:.4f}", flush=True)
+                    report(row | val, final=step == cfg.max_steps)
                 if step >= cfg.max_steps:
                     break
             if not produced:
@@ -329,7 +381,7 @@ class TrainRunResult:
     seconds: float
 
 
-def _run_config(job: RayTrainJob) -> Any:
+def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
     import ray.train
 
     from pipelines import storage
@@ -337,6 +389,7 @@ def _run_config(job: RayTrainJob) -> Any:
     loc = storage.resolve(job.storage_path)
     return ray.train.RunConfig(
         name=job.name,
+        callbacks=list(callbacks) or None,
         storage_path=loc.path if loc.is_s3 else loc.uri,
         storage_filesystem=loc.fs if loc.is_s3 else None,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
@@ -344,8 +397,10 @@ def _run_config(job: RayTrainJob) -> Any:
     )
 
 
-def fit(job: RayTrainJob, *, log: Callable[[str], None] = print) -> TrainRunResult:
+def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> TrainRunResult:
     """Run the job on the current Ray cluster (``ray.init`` first); returns when training ends.
+
+    ``callbacks``: ``ray.train.UserCallback`` objects for the run (a sweep passes Tune's ``TuneReportCallback``).
 
     Raises:
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
@@ -354,10 +409,12 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print) -> TrainRunResu
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines import ingest, storage, stream
+    from pipelines import ingest, storage, stream, tracking
 
     started = time.perf_counter()
     manifest = ingest.load_manifest(job.shards)
+    if _tracking_uri(job):
+        tracking.prepare(_tracking_uri(job), job.tracking.experiment)
     cfg = job.train
     clip = stream.ClipConfig(
         num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
@@ -369,6 +426,8 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print) -> TrainRunResu
         f"{manifest['num_samples']} samples in {job.shards}, {spe} steps/epoch, checkpoints -> "
         f"{storage.join(job.storage_path, job.name)}"
     )
+    if job.val_shards:
+        ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": dataclasses.asdict(job), "steps_per_epoch": spe},
@@ -377,7 +436,7 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print) -> TrainRunResu
             use_gpu=job.use_gpu,
             resources_per_worker={"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {}),
         ),
-        run_config=_run_config(job),
+        run_config=_run_config(job, callbacks),
         datasets={"train": dataset},
     )
     result = trainer.fit()

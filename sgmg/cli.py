@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("sgmg.checkpoint.commands", "convert an official SgMg .pth checkpoint to this project's format"),
     "train": ("sgmg.train.commands", "train SgMg (--local: one process, no Ray; otherwise Ray Train)"),
     "ingest": ("pipelines.ingest_cli", "Ray Data job: raw dataset -> Parquet clip shards in object storage"),
+    "sweep": ("pipelines.tune", "Ray Tune sweep of Ray Train jobs; registers the best as models:/NAME@champion"),
 }
 
 

@@ -45,8 +45,14 @@ OPTIMIZER_NAME = "optimizer.pt"
 _STEP_PREFIX = "step_"
 
 
-def build_criterion(cfg: LossConfig) -> SgMgCriterion:
-    """The matcher and criterion of a :class:`LossConfig`."""
+def build_criterion(
+    cfg: LossConfig, reduce_num_boxes: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> SgMgCriterion:
+    """The matcher and criterion of a :class:`LossConfig`.
+
+    ``reduce_num_boxes``: see :class:`SgMgCriterion` (default: the all-reduce over data-parallel workers; pass an
+    identity for a loss computed by one rank alone, e.g. validation on rank 0, which would otherwise wait forever).
+    """
     matcher = InstanceSequenceMatcher(
         cost_class=cfg.cost_class,
         cost_bbox=cfg.cost_bbox,
@@ -67,6 +73,7 @@ def build_criterion(cfg: LossConfig) -> SgMgCriterion:
         focal_gamma=cfg.focal_gamma,
         boxes_on_invalid_frames=cfg.boxes_on_invalid_frames,
         aux_loss=cfg.aux_loss,
+        reduce_num_boxes=reduce_num_boxes,
     )
 
 

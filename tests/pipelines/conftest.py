@@ -136,3 +136,16 @@ def tiny_ytvos(tmp_path) -> Callable[..., str]:
         return str(root)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_ingest(ray_cluster, tmp_path_factory) -> str:
+    """A finished local ingest of 4 tiny videos (6 frames, 64 x 96) for the Train and Tune tests."""
+    from pipelines import ingest
+
+    root = tmp_path_factory.mktemp("train-ds") / "ytvos"
+    write_tiny_ytvos(root, n_videos=4, n_frames=6, size=(64, 96))
+    dest = str(root) + "-shards"
+    cfg = ingest.IngestConfig(source=str(root), dest=dest, max_side=96, shard_size=2)
+    ingest.run_ingest(cfg, printer=lambda m: None)
+    return dest

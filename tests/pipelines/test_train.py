@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pipelines import ingest, storage, tracking
+from pipelines import storage, tracking
 from pipelines import train as ray_train
 
 
@@ -35,24 +35,12 @@ def test_shipped_train_configs_are_valid(name: str) -> None:
     assert job.shards and job.train.max_steps > job.train.checkpoint_every
 
 
-@pytest.fixture(scope="module")
-def small_ingest(ray_cluster, tmp_path_factory) -> str:
-    from tiny_ytvos import write_tiny_ytvos
-
-    root = tmp_path_factory.mktemp("train-ds") / "ytvos"
-    write_tiny_ytvos(root, n_videos=4, n_frames=6, size=(64, 96))
-    dest = str(root) + "-shards"
-    ingest.run_ingest(
-        ingest.IngestConfig(source=str(root), dest=dest, max_side=96, shard_size=2), printer=lambda m: None
-    )
-    return dest
-
-
 @pytest.mark.integration
 def test_train_two_workers_checkpoints_to_s3_and_resumes(small_ingest, s3_bucket, tmp_path) -> None:
     uri = tracking.default_tracking_uri(tmp_path)
     overrides = [
         f"shards={small_ingest}",
+        f"val_shards={small_ingest}",
         f"storage_path=s3://{s3_bucket}/runs",
         "name=tiny",
         "num_workers=2",
@@ -76,6 +64,8 @@ def test_train_two_workers_checkpoints_to_s3_and_resumes(small_ingest, s3_bucket
     history = tracking.run_metrics(uri, first.mlflow_run_id)
     assert [s for s, _ in history["loss"]] == [1, 2, 3, 4] and all(v > 0 for _, v in history["loss"])
     assert "clips_per_s" in history and "loss/loss_dice" in history
+    assert [s for s, _ in history["val_jf"]] == [2, 4] and all(0.0 <= v <= 1.0 for _, v in history["val_jf"])
+    assert 0.0 <= first.metrics["val_jf"] <= 1.0
 
     # the checkpoint's model files load as a plain model checkpoint
     import sgmg

@@ -1,0 +1,313 @@
+"""Hyperparameter sweeps on Ray Tune: ``sgmg sweep --config sweep.yaml [key=value ...]``.
+
+Each trial is a whole Ray Train job (:mod:`pipelines.train`) with some fields of the base job replaced by sampled
+values (dotted keys: ``train.optim.lr``, ``train.loss.weight_dice``, ...). Under Ray Train V2 a Tune trial is a
+function that builds and fits a ``TorchTrainer`` with ``TuneReportCallback`` (``Tuner(trainer)`` is gone), so Tune
+sees the metrics every checkpoint reports and ASHA stops weak trials early. Trials are selected on ``val_jf`` (J&F
+on the job's ``val_shards``): the training loss is no measure across loss-weight trials.
+
+At the end the best trial's checkpoint is registered in the MLflow Model Registry as a new version of
+``register_as`` with the alias ``champion`` (``pipelines.tracking.register_checkpoint``), logged into that trial's
+MLflow run: the model the Serve deployment loads as ``models:/NAME@champion``.
+
+Needs the Ray dashboard (Train V2 frees the placement groups of stopped trials through the State API; without it an
+early-stopped trial's resources leak and later trials hang): a local Ray is started with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.train import RayTrainJob
+
+DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep.
+
+    Attributes:
+        job: the base Ray Train job (``val_shards`` is required: trials are compared on validation J&F).
+        space: ``{dotted job key: {distribution: args}}``, distributions ``uniform: [lo, hi]``,
+            ``loguniform: [lo, hi]``, ``choice: [a, b, ...]``, ``randint: [lo, hi)``, ``grid: [a, b, ...]``.
+        num_samples: trials (each grid point is repeated this many times).
+        metric: reported metric to select on.
+        mode: ``max`` or ``min``.
+        scheduler: ``asha`` (early stopping by the metric at every report) or ``fifo`` (every trial runs to the end).
+        grace_period: reports before ASHA may stop a trial.
+        reduction_factor: ASHA's halving rate.
+        max_concurrent_trials: trials at once (each takes ``job.num_workers`` workers).
+        name: the sweep's name (its trials' Train runs are ``NAME-<trial id>``).
+        register_as: registered model name for the best checkpoint (None: do not register).
+        seed: search seed.
+    """
+
+    job: RayTrainJob | None = None
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 4
+    metric: str = "val_jf"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 1
+    name: str = "sgmg-sweep"
+    register_as: str | None = "sgmg"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.job is None:
+            raise ValueError("job is missing: the base Ray Train job (pipelines.train.RayTrainJob fields)")
+        if not self.space:
+            raise ValueError("space is empty; give e.g. {'train.optim.lr': {'loguniform': [1e-5, 1e-3]}}")
+        for key, spec in self.space.items():
+            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+                raise ValueError(f"space.{key}: expected one of {DISTRIBUTIONS} with its arguments, got {spec!r}")
+        if self.metric.startswith("val_") and not self.job.val_shards:
+            raise ValueError(f"metric {self.metric!r} needs job.val_shards (an ingest with ground truth)")
+        for name in ("num_samples", "grace_period", "max_concurrent_trials"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor}")
+
+
+def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a sweep YAML (optional) and dotted overrides (``job.train.max_steps=200``) into a :class:`SweepConfig`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the file and dotted key of a bad value.
+    """
+    import yaml
+
+    from sgmg.train.config import apply_overrides, from_dict
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(SweepConfig, apply_overrides(data, overrides))
+    except ValueError as err:
+        raise ValueError(f"{path if path is not None else 'overrides'}: {err}") from None
+
+
+def param_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Tune search-space objects for :attr:`SweepConfig.space` (keys unchanged)."""
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        kind, args = next(iter(spec.items()))
+        if kind == "uniform":
+            out[key] = tune.uniform(float(args[0]), float(args[1]))
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(float(args[0]), float(args[1]))
+        elif kind == "choice":
+            out[key] = tune.choice(list(args))
+        elif kind == "randint":
+            out[key] = tune.randint(int(args[0]), int(args[1]))
+        else:
+            out[key] = tune.grid_search(list(args))
+    return out
+
+
+def trial_job(base: dict[str, Any], params: dict[str, Any], name: str) -> RayTrainJob:
+    """The job of one trial: ``base`` (``asdict`` of the job) with the sampled dotted ``params`` set, named ``name``.
+
+    Raises:
+        ValueError: a key of the space is not a job field.
+    """
+    import copy
+
+    from pipelines.train import job_from_dict
+
+    data = copy.deepcopy(base)
+    for key, value in params.items():
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"space key {key!r}: {part!r} is not a section of the job")
+            node = node[part]
+        if last not in node:
+            raise ValueError(f"space key {key!r}: {last!r} is not a field of the job")
+        node[last] = value
+    return dataclasses.replace(job_from_dict(data), name=name)
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """A Tune function trainable: one Ray Train job reporting to Tune through ``TuneReportCallback``."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines import train
+
+    ctx = ray.tune.get_context()
+    params = {k: v for k, v in config.items() if k != "__base__"}
+    job = trial_job(config["__base__"], params, f"{config['__base__']['name']}-{ctx.get_trial_id()}")
+    train.fit(job, log=lambda m: print(m, flush=True), callbacks=[TuneReportCallback()])
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+        best_params: the sampled values of the best trial.
+        best_metrics: its last reported metrics.
+        best_checkpoint: its last checkpoint (URI/path).
+        trials: ``(params, last metrics)`` of every trial.
+        registered_version: the registry version made from the best checkpoint (None when not registered).
+        seconds: wall time.
+    """
+
+    best_params: dict[str, Any]
+    best_metrics: dict[str, Any]
+    best_checkpoint: str | None
+    trials: list[tuple[dict[str, Any], dict[str, Any]]]
+    registered_version: str | None
+    seconds: float
+
+
+def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResult:
+    """Run the sweep on the current Ray cluster (started with the dashboard), register the best checkpoint.
+
+    Raises:
+        RuntimeError: no trial reported the metric.
+    """
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from pipelines import ingest, storage, tracking
+
+    started = time.perf_counter()
+    ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
+    if cfg.job.tracking.enabled:
+        from pipelines.train import _tracking_uri
+
+        tracking.prepare(_tracking_uri(cfg.job), cfg.job.tracking.experiment)  # before trials race to create it
+    base = dataclasses.asdict(dataclasses.replace(cfg.job, name=cfg.name))
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every)),
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+        )
+        if cfg.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    loc = storage.resolve(cfg.job.storage_path)
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(_trial, {"CPU": 0.01}),  # the trial only drives its TorchTrainer (0 is refused)
+        param_space={"__base__": base, **param_space(cfg.space)},
+        tune_config=ray.tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
+        ),
+        run_config=ray.tune.RunConfig(
+            name=cfg.name,
+            storage_path=loc.path if loc.is_s3 else loc.uri,
+            storage_filesystem=loc.fs if loc.is_s3 else None,
+        ),
+    )
+    log(f"[sweep] {cfg.name}: {cfg.num_samples} trial(s) of {sorted(cfg.space)}, {cfg.scheduler}, on {cfg.metric}")
+    grid = tuner.fit()
+    trials = [({k: r.config[k] for k in cfg.space}, dict(r.metrics or {})) for r in grid if r.config is not None]
+    try:
+        best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
+    except RuntimeError as exc:
+        errors = [str(r.error) for r in grid if r.error is not None]
+        raise RuntimeError(f"no trial of {cfg.name} reported {cfg.metric!r}: {errors[:3]}") from exc
+    metrics = dict(best.metrics or {})
+    best_params = {k: best.config[k] for k in cfg.space}
+    checkpoint = metrics.get("checkpoint_path")
+    if checkpoint and loc.is_s3 and not str(checkpoint).startswith("s3://"):
+        checkpoint = "s3://" + str(checkpoint)
+    log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
+    version = None
+    if cfg.register_as and checkpoint and cfg.job.tracking.enabled:
+        from pipelines.train import _tracking_uri
+
+        uri = _tracking_uri(cfg.job)
+        with tempfile.TemporaryDirectory(prefix="sgmg-best-") as tmp:
+            for name in ("model.safetensors", "config.json", "trainer_state.json"):
+                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
+            import json
+
+            run_id = json.loads((Path(tmp) / "trainer_state.json").read_text()).get("mlflow_run_id")
+            version = tracking.register_checkpoint(
+                uri,
+                tmp,
+                cfg.register_as,
+                run_id=run_id,
+                tags={cfg.metric: str(metrics.get(cfg.metric)), "sweep": cfg.name, "checkpoint": str(checkpoint)},
+            )
+        log(f"[sweep] registered {cfg.register_as} version {version} as models:/{cfg.register_as}@champion")
+    return SweepResult(best_params, metrics, checkpoint, trials, version, time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sgmg sweep``."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="sweep config (SweepConfig fields; job: a RayTrainJob)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. num_samples=16 job.shards=s3://b/shards job.train.max_steps=2000",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sgmg sweep``; returns the exit code."""
+    try:
+        cfg = load_sweep(args.config, args.overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"sgmg sweep: {exc}", file=sys.stderr)
+        return 2
+    import ray
+
+    from pipelines import ingest
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True)
+    try:
+        result = sweep(cfg)
+    except (ingest.IngestError, RuntimeError) as exc:
+        print(f"sgmg sweep: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if started_here:
+            ray.shutdown()
+    print(
+        f"done in {result.seconds:.0f}s: best {cfg.metric}={result.best_metrics.get(cfg.metric)} "
+        f"{result.best_params}; registered version {result.registered_version}"
+    )
+    return 0

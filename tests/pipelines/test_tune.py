@@ -1,0 +1,103 @@
+"""pipelines.tune: a Ray Tune sweep of Ray Train jobs (ASHA, 2 trials) that registers the best checkpoint in the
+MLflow Model Registry as ``champion``; the registered model loads back as torch and as an MLflow pyfunc."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import storage, tracking, tune
+
+SPACE = '{"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}'
+
+
+def test_sweep_config_validation() -> None:
+    cfg = tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", f"space={SPACE}", "num_samples=1"])
+    assert cfg.metric == "val_jf" and cfg.job.val_shards == "/y"
+    job = tune.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lr": 3e-4, "train.loss.weight_dice": 3}, "t1")
+    assert job.train.optim.lr == 3e-4 and job.train.loss.weight_dice == 3.0 and job.name == "t1"
+    with pytest.raises(ValueError, match="not a field"):
+        tune.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lrr": 1.0}, "t1")
+    with pytest.raises(ValueError, match="val_shards"):
+        tune.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
+    with pytest.raises(ValueError, match="space.train.optim.lr"):
+        tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}'])
+    with pytest.raises(ValueError, match="job is missing"):
+        tune.load_sweep(None, [f"space={SPACE}"])
+
+
+@pytest.mark.integration
+def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> None:
+    uri = tracking.default_tracking_uri(tmp_path)
+    cfg = tune.load_sweep(
+        None,
+        [
+            f"space={SPACE}",
+            "num_samples=1",
+            "grace_period=1",
+            "name=sweep",
+            f"job.shards={small_ingest}",
+            f"job.val_shards={small_ingest}",
+            f"job.storage_path={tmp_path / 'runs'}",
+            "job.num_workers=1",
+            "job.cpus_per_worker=0.5",
+            "job.data_cpus=0.5",
+            "job.shuffle_buffer=0",
+            f"job.tracking.tracking_uri={uri}",
+            "job.train.model=sgmg_tiny",
+            "job.train.data.num_frames=2",
+            "job.train.data.max_size=96",
+            "job.train.max_steps=2",
+            "job.train.checkpoint_every=1",
+        ],
+    )
+    result = tune.sweep(cfg, log=lambda m: None)
+    assert sorted(p["train.optim.lr"] for p, _ in result.trials) == [1.0e-4, 1.0e-3]
+    scores = [m["val_jf"] for _, m in result.trials]
+    assert result.best_metrics["val_jf"] == max(scores)
+    assert result.registered_version == "1" and result.best_checkpoint
+
+    # the champion is the best trial's checkpoint, logged into that trial's MLflow run
+    model = tracking.load_registered_model(uri, "models:/sgmg@champion")
+    from safetensors.torch import load
+
+    best = load(storage.read_bytes(storage.join(result.best_checkpoint, "model.safetensors")))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("sgmg", "champion")
+    state = json.loads(storage.read_bytes(storage.join(result.best_checkpoint, "trainer_state.json")))
+    assert version.run_id == state["mlflow_run_id"] and version.tags["val_jf"] == str(result.best_metrics["val_jf"])
+
+    # and serves as an MLflow pyfunc: video folder + sentence -> RLE masks per frame
+    import mlflow.pyfunc
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 56, 3), 40 * i, np.uint8)).save(frames / f"{i:05d}.jpg")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model("models:/sgmg@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    out = pyfunc.predict([{"video": str(frames), "text": "the red box"}])
+    assert len(out) == 1 and len(out[0]["masks"]) == 3 and out[0]["masks"][0]["size"] == [40, 56]
+    assert len(out[0]["scores"]) == 3
+
+
+def test_shipped_sweep_config_is_valid() -> None:
+    from pathlib import Path
+
+    cfg = tune.load_sweep(Path(tune.__file__).parent / "configs" / "sweep.yaml")
+    assert cfg.job.val_shards and len(cfg.space) == 5
+    params = {"train.optim.lr": 1e-4, "train.loss.weight_dice": 5.0}
+    assert tune.trial_job(dataclasses.asdict(cfg.job), params, "t").train.loss.weight_dice == 5.0
