@@ -158,7 +158,7 @@ def train_step(
             lr=float(optimizer.param_groups[0]["lr"]),
             num_boxes=losses.num_boxes,
         )
-        if not math.isfinite(loss_value):
+        if not _finite_everywhere(math.isfinite(loss_value), model, total.device):
             # Drop this micro-batch and whatever the current accumulation window gathered.
             optimizer.zero_grad(set_to_none=True)
             nonfinite.bad("loss", step_index)
@@ -193,6 +193,19 @@ def train_step(
         nonfinite.ok()
     metrics.nonfinite_total = nonfinite.total
     return metrics
+
+
+def _finite_everywhere(finite: bool, model: nn.Module, device: torch.device) -> bool:
+    """``finite`` and-ed over the data-parallel ranks when ``model`` is a DDP wrapper, so that every rank skips the
+    same micro-batch: a rank that skipped its backward alone would leave the others waiting in the gradient
+    all-reduce forever."""
+    import torch.distributed as dist
+
+    if not isinstance(model, nn.parallel.DistributedDataParallel) or not dist.is_initialized():
+        return finite
+    flag = torch.tensor([1 if finite else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 @dataclass

@@ -74,3 +74,35 @@ def toy_batch(b: int = 2, t: int = 2, h: int = 8, w: int = 8, seed: int = 0) -> 
         attention_mask=torch.ones(b, 5, dtype=torch.long),
         targets=targets,
     )
+
+
+def ddp_nonfinite_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank of a 2-process gloo DDP run where only rank 1's loss is NaN on step 0; writes what it saw."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from sgmg.loss.criterion import SgMgCriterion
+    from sgmg.loss.matcher import InstanceSequenceMatcher
+    from sgmg.train.step import NonFiniteGuard, train_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        toy = ToyModel()
+        model = nn.parallel.DistributedDataParallel(toy)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        crit = SgMgCriterion(matcher=InstanceSequenceMatcher())
+        guard = NonFiniteGuard(3)
+        seen = []
+        for step in range(2):
+            toy.poison = rank == 1 and step == 0
+            m = train_step(model, crit, toy_batch(seed=rank), opt, step_index=step, clip_max_norm=0, nonfinite=guard)
+            seen.append({"skipped": m.skipped_nonfinite, "stepped": m.stepped})
+        params = [p.detach().flatten().tolist() for p in toy.parameters()]
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"seen": seen, "params": params}, f)
+    finally:
+        dist.destroy_process_group()
