@@ -206,7 +206,9 @@ def _pyfunc_model_class() -> type:
 
             self.model = sgmg.load_checkpoint(context.artifacts["checkpoint"]).eval()
 
-        def predict(self, context: Any, model_input: Any, params: dict | None = None) -> list[dict]:  # noqa: ARG002
+        def predict(
+            self, context: Any, model_input: list[dict[str, str]], params: dict | None = None
+        ) -> list[dict[str, Any]]:  # noqa: ARG002
             import numpy as np
             from pycocotools import mask as mask_utils
 
