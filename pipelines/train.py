@@ -122,23 +122,9 @@ def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrain
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file and dotted key of a bad value.
     """
-    import yaml
+    from sgmg.train.config import load_config
 
-    from sgmg.train.config import apply_overrides, from_dict
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training job config {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded
-    try:
-        return from_dict(RayTrainJob, apply_overrides(data, overrides))
-    except ValueError as err:
-        raise ValueError(f"{path if path is not None else 'overrides'}: {err}") from None
+    return load_config(RayTrainJob, path, overrides, "training job config")
 
 
 def job_from_dict(data: dict[str, Any]) -> RayTrainJob:

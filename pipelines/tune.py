@@ -90,22 +90,9 @@ def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepC
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file and dotted key of a bad value.
     """
-    import yaml
+    from sgmg.train.config import load_config
 
-    from sgmg.train.config import apply_overrides, from_dict
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    try:
-        return from_dict(SweepConfig, apply_overrides(data, overrides))
-    except ValueError as err:
-        raise ValueError(f"{path if path is not None else 'overrides'}: {err}") from None
+    return load_config(SweepConfig, path, overrides, "sweep config")
 
 
 def param_space(space: dict[str, Any]) -> dict[str, Any]:

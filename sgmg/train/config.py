@@ -318,25 +318,30 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML file (optional) and dotted overrides into a :class:`TrainConfig`.
+def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), what: str = "config") -> Any:
+    """Read a YAML file (optional) and dotted ``key=value`` overrides into the frozen dataclass ``cls``.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: naming the file and key of a bad value.
+        FileNotFoundError: if ``path`` does not exist (the message says which ``what``).
+        ValueError: naming the file (or "overrides") and the dotted key of a bad value.
     """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
+            raise FileNotFoundError(f"{what} {path} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
     data = apply_overrides(data, overrides)
     try:
-        return from_dict(TrainConfig, data)
+        return from_dict(cls, data)
     except ValueError as err:
         where = f"{path}" if path is not None else "overrides"
         raise ValueError(f"{where}: {err}") from None
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML file (optional) and dotted overrides into a :class:`TrainConfig` (see :func:`load_config`)."""
+    return load_config(TrainConfig, path, overrides, "training config")
