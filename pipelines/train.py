@@ -443,6 +443,25 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     )
 
 
+def resource_problem(job: RayTrainJob, resources: dict[str, float]) -> str | None:
+    """Why ``job`` cannot run on a cluster with ``resources`` (``ray.cluster_resources()``), or None.
+
+    The workers hold ``num_workers x cpus_per_worker`` CPUs for the whole run and the clip stream needs at least one
+    decode task of ``data_cpus`` beside them, or training waits forever for data.
+    """
+    need = job.num_workers * job.cpus_per_worker + job.data_cpus
+    have = float(resources.get("CPU", 0))
+    if need > have + 1e-9:
+        return (
+            f"the job needs {need:g} CPUs ({job.num_workers} workers x {job.cpus_per_worker:g} + {job.data_cpus:g} for "
+            f"the clip stream) but the cluster has {have:g}; lower cpus_per_worker / data_cpus / num_workers"
+        )
+    gpus = float(resources.get("GPU", 0))
+    if job.use_gpu and gpus < job.num_workers:
+        return f"use_gpu with {job.num_workers} workers needs {job.num_workers} GPUs; the cluster has {gpus:g}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """``sgmg train`` without ``--local`` (the CLI entry; arguments from ``sgmg.train.commands``)."""
     try:
@@ -459,6 +478,10 @@ def run(args: argparse.Namespace) -> int:
     if started_here:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     try:
+        problem = resource_problem(job, ray.cluster_resources()) if not os.environ.get("RAY_ADDRESS") else None
+        if problem:  # a fixed local cluster: it would wait forever (an autoscaling one may still grow)
+            print(f"sgmg train: {problem}", file=sys.stderr)
+            return 2
         result = fit(job)
     except ingest.IngestError as exc:
         print(f"sgmg train: {exc}", file=sys.stderr)

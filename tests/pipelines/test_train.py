@@ -25,6 +25,10 @@ def test_job_config_validation(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         ray_train.load_job(tmp_path / "missing.yaml")
     assert ray_train.steps_per_epoch(10, job) == 2  # 10 samples / (batch 1 x 4 workers)
+    assert ray_train.resource_problem(job, {"CPU": 5.0}) is None  # 4 workers x 1 + 1 decode
+    assert "needs 5 CPUs" in ray_train.resource_problem(job, {"CPU": 4.0})
+    gpu_job = dataclasses.replace(job, use_gpu=True)
+    assert "needs 4 GPUs" in ray_train.resource_problem(gpu_job, {"CPU": 8.0, "GPU": 2.0})
 
 
 @pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
