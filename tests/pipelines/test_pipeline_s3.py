@@ -271,3 +271,12 @@ def test_ingest_fails_above_bad_fraction_without_manifest(ray_cluster, s3_datase
         "shard-00000-of-00002.parquet",
         "shard-00001-of-00002.parquet",
     ]
+
+
+def test_read_videos_gives_every_good_video_once(ingested) -> None:
+    ds = stream.read_videos(ingested["dest"], columns=("video_id", "frame_ids"), videos_per_task=1)
+    rows = ds.take_all()
+    planned = sorted(v for s in ingested["summary"].manifest["shards"] for v in s["video_ids"])
+    assert len(planned) == N_VIDEOS  # the plan lists every video; the quarantined ones have no row
+    assert sorted(r["video_id"] for r in rows) == [v for v in planned if v not in (CORRUPT_FRAME, BAD_MASK)]
+    assert set(rows[0]) == {"video_id", "frame_ids"}
