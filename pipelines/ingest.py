@@ -43,7 +43,7 @@ import pickle
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -342,6 +342,12 @@ def read_shard_rows(
             return table.slice(start - first, max(0, end - start))
 
     return storage.read_with(uri, read)
+
+
+def iter_rows(ranges: Iterable[tuple[str, int, int]], columns: Sequence[str] | None = None) -> Iterator[dict]:
+    """The rows (dicts) of ``(shard uri, start, stop)`` ranges (:func:`row_ranges`), one range read at a time."""
+    for uri, start, stop in ranges:
+        yield from read_shard_rows(str(uri), int(start), int(stop), columns).to_pylist()
 
 
 def write_shard_bytes(rows: list[dict], meta: dict) -> bytes:

@@ -11,7 +11,6 @@ Exit codes: 0 done (or already complete), 1 failed (too many bad videos, conflic
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 _FORMATS = ("ref-youtube-vos", "ref-davis", "refcoco", "mevis", "videos")
@@ -103,13 +102,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 2
 
-    import ray
+    from pipelines.cluster import ray_session
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
     try:
-        run_ingest(cfg, parallelism=parallelism, num_cpus=num_cpus, printer=lambda m: print(m, flush=True))
+        with ray_session(include_dashboard=False, log_to_driver=False):
+            run_ingest(cfg, parallelism=parallelism, num_cpus=num_cpus, printer=lambda m: print(m, flush=True))
     except (IngestError, StorageError) as err:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 1
@@ -118,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"sgmg ingest: {err}", file=sys.stderr)
             return 1
         raise
-    finally:
-        if started:
-            ray.shutdown()
     return 0
 
 

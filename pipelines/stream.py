@@ -146,12 +146,8 @@ def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
 
 def sample_clips(batch: Any, cfg: dict) -> dict[str, Any]:
     """Ray Data UDF: a pyarrow batch of shard rows -> columns of clips (``sgmg.data.collate.sample_to_arrays``)."""
-    return _clip_columns(batch.to_pylist(), ClipConfig(**cfg))
-
-
-def _clip_columns(rows: list[dict], config: ClipConfig) -> dict[str, Any]:
-    """The clips of ``rows`` as Ray Data columns (empty dict when there are none)."""
-    return _to_columns([clip for row in rows for clip in clips_of_row(row, config)])
+    config = ClipConfig(**cfg)
+    return _to_columns([clip for row in batch.to_pylist() for clip in clips_of_row(row, config)])
 
 
 def _to_columns(clips: list[ClipSample]) -> dict[str, Any]:
@@ -185,7 +181,8 @@ def tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
 
 _BLOCK_BYTES = 16 * 2**20  # target size of the clip blocks (~3 clips of 5 frames at 640x360)
 
-_NEEDED_COLUMNS = (
+# the shard columns clip sampling reads (not boxes, frame codec or source)
+CLIP_COLUMNS = (
     "video_id",
     "dataset",
     "split",
@@ -224,20 +221,19 @@ def _clips_of_ranges(batch: dict[str, np.ndarray], cfg: dict, clips_per_block: i
     """Ray Data UDF: row ranges -> their clips, in output blocks of ``clips_per_block`` clips (streamed as made)."""
     config = ClipConfig(**cfg)
     pending: list[ClipSample] = []
-    for uri, a, b in zip(batch["uri"], batch["start"], batch["stop"], strict=True):
-        for row in ingest.read_shard_rows(str(uri), int(a), int(b), _NEEDED_COLUMNS).to_pylist():
-            for clip in clips_of_row(row, config):
-                pending.append(clip)
-                if len(pending) >= clips_per_block:
-                    yield _to_columns(pending)
-                    pending = []
+    for row in ingest.iter_rows(zip(batch["uri"], batch["start"], batch["stop"], strict=True), CLIP_COLUMNS):
+        for clip in clips_of_row(row, config):
+            pending.append(clip)
+            if len(pending) >= clips_per_block:
+                yield _to_columns(pending)
+                pending = []
     if pending:
         yield _to_columns(pending)
 
 
 def read_videos(
     dest: str,
-    columns: tuple[str, ...] | None = _NEEDED_COLUMNS,
+    columns: tuple[str, ...] | None = CLIP_COLUMNS,
     shuffle_files: bool = False,
     videos_per_task: int | None = None,
 ):  # noqa: ANN201 - ray.data.Dataset

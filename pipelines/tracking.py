@@ -133,10 +133,10 @@ class RunTracker:
         if run_id is None:
             run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
             run_id = run.info.run_id
+            from mlflow.entities import Param
+
             items = sorted(flatten_params(params or {}).items())
             for i in range(0, len(items), 100):  # MLflow's batch limit is 100 params
-                from mlflow.entities import Param
-
                 client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
         else:
             client.update_run(run_id, status="RUNNING")

@@ -188,7 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         step, epoch, run_id = int(state["step"]), int(state["epoch"]), state.get("mlflow_run_id")
     tracker = tracking.RunTracker(
-        _tracking_uri(job) if rank == 0 else None,
+        job.tracking.tracking_uri if rank == 0 and job.tracking.enabled else None,
         job.tracking.experiment,
         job.name,
         run_id=run_id,
@@ -224,12 +224,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             losses.append(m.loss)
             pending.clear()
 
-        for uri, a, b in ingest.row_ranges(job.val_shards):
-            for row in ingest.read_shard_rows(uri, a, b).to_pylist():
-                for clip in stream.clips_of_row(row, val_cfg):
-                    pending.append(clip)
-                    if len(pending) == cfg.data.batch_size:
-                        flush()
+        for row in ingest.iter_rows(ingest.row_ranges(job.val_shards), stream.CLIP_COLUMNS):
+            for clip in stream.clips_of_row(row, val_cfg):
+                pending.append(clip)
+                if len(pending) == cfg.data.batch_size:
+                    flush()
         if pending:
             flush()
         if not per_video:
@@ -337,12 +336,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.finish(status)
 
 
-def _tracking_uri(job: RayTrainJob) -> str | None:
+def prepare_tracking(job: RayTrainJob) -> RayTrainJob:
+    """On the driver: resolve the default tracking URI (``sqlite:///<driver cwd>/mlflow.db``) into the job and create
+    the tracking tables and experiment once. The workers must get the resolved URI: their working directory is Ray's
+    session folder, not the user's.
+    """
     if not job.tracking.enabled:
-        return None
+        return job
     from pipelines import tracking
 
-    return job.tracking.tracking_uri or tracking.default_tracking_uri(os.getcwd())
+    uri = job.tracking.tracking_uri or tracking.default_tracking_uri(os.getcwd())
+    tracking.prepare(uri, job.tracking.experiment)
+    return dataclasses.replace(job, tracking=dataclasses.replace(job.tracking, tracking_uri=uri))
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -395,12 +400,11 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines import ingest, storage, stream, tracking
+    from pipelines import ingest, storage, stream
 
     started = time.perf_counter()
     manifest = ingest.load_manifest(job.shards)
-    if _tracking_uri(job):
-        tracking.prepare(_tracking_uri(job), job.tracking.experiment)
+    job = prepare_tracking(job)
     cfg = job.train
     clip = stream.ClipConfig(
         num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
@@ -472,23 +476,18 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from pipelines import ingest
+    from pipelines.cluster import ray_session
 
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     try:
-        problem = resource_problem(job, ray.cluster_resources()) if not os.environ.get("RAY_ADDRESS") else None
-        if problem:  # a fixed local cluster: it would wait forever (an autoscaling one may still grow)
-            print(f"sgmg train: {problem}", file=sys.stderr)
-            return 2
-        result = fit(job)
+        with ray_session(log_to_driver=True) as local:
+            problem = resource_problem(job, ray.cluster_resources()) if local else None
+            if problem:  # a fixed local cluster would wait forever (an autoscaling one may still grow)
+                print(f"sgmg train: {problem}", file=sys.stderr)
+                return 2
+            result = fit(job)
     except ingest.IngestError as exc:
         print(f"sgmg train: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if started_here:
-            ray.shutdown()
     loss = result.metrics.get("loss", math.nan)
     print(
         f"done: step {result.metrics.get('step')} loss {loss:.4f} in {result.seconds:.1f}s; "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.train import RayTrainJob
+from pipelines.train import RayTrainJob, prepare_tracking
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 
@@ -187,11 +186,8 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
 
     started = time.perf_counter()
     ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
-    if cfg.job.tracking.enabled:
-        from pipelines.train import _tracking_uri
-
-        tracking.prepare(_tracking_uri(cfg.job), cfg.job.tracking.experiment)  # before trials race to create it
-    base = dataclasses.asdict(dataclasses.replace(cfg.job, name=cfg.name))
+    job = prepare_tracking(cfg.job)  # one tracking URI for every trial; tables made before trials race to create them
+    base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",
@@ -235,10 +231,8 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
         checkpoint = "s3://" + str(checkpoint)
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
     version = None
-    if cfg.register_as and checkpoint and cfg.job.tracking.enabled:
-        from pipelines.train import _tracking_uri
-
-        uri = _tracking_uri(cfg.job)
+    if cfg.register_as and checkpoint and job.tracking.enabled:
+        uri = job.tracking.tracking_uri
         with tempfile.TemporaryDirectory(prefix="sgmg-best-") as tmp:
             for name in ("model.safetensors", "config.json", "trainer_state.json"):
                 (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
@@ -277,22 +271,15 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"sgmg sweep: {exc}", file=sys.stderr)
         return 2
-    import ray
-
     from pipelines import ingest
+    from pipelines.cluster import ray_session
 
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True)
     try:
-        result = sweep(cfg)
+        with ray_session(include_dashboard=True):  # Train V2 frees stopped trials' placement groups through it
+            result = sweep(cfg)
     except (ingest.IngestError, RuntimeError) as exc:
         print(f"sgmg sweep: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if started_here:
-            ray.shutdown()
     print(
         f"done in {result.seconds:.0f}s: best {cfg.metric}={result.best_metrics.get(cfg.metric)} "
         f"{result.best_params}; registered version {result.registered_version}"

@@ -31,6 +31,15 @@ def test_job_config_validation(tmp_path) -> None:
     assert "needs 4 GPUs" in ray_train.resource_problem(gpu_job, {"CPU": 8.0, "GPU": 2.0})
 
 
+def test_default_tracking_uri_is_resolved_on_the_driver(tmp_path, monkeypatch) -> None:
+    """Workers run in Ray's session folder: they must get the driver's URI, not compute a default of their own."""
+    monkeypatch.chdir(tmp_path)
+    job = ray_train.prepare_tracking(ray_train.load_job(None, ["shards=/x"]))
+    assert job.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and (tmp_path / "mlflow.db").is_file()
+    off = ray_train.load_job(None, ["shards=/x", "tracking.enabled=false"])
+    assert ray_train.prepare_tracking(off) == off and off.tracking.tracking_uri is None
+
+
 @pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
 def test_shipped_train_configs_are_valid(name: str) -> None:
     from pathlib import Path
