@@ -84,3 +84,11 @@ def build_model(name: str, **overrides: Any) -> SgMg:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
     config = replace_nested(MODEL_CONFIGS[name], **overrides) if overrides else MODEL_CONFIGS[name]
     return build_sgmg(config).eval()
+
+
+def variant_of(config: SgMgConfig) -> str:
+    """The name of the variant whose architecture ``config`` has (visual encoder and transformer), else ``"custom"``."""
+    for name, known in MODEL_CONFIGS.items():
+        if known.visual == config.visual and known.transformer == config.transformer:
+            return name
+    return "custom"

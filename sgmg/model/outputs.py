@@ -51,3 +51,53 @@ class SgMgOutput:
     best_query: Tensor
     pred_masks: Tensor
     layers: list[LayerOutput] = field(default_factory=list)
+
+
+@dataclass
+class VisualFeatures:
+    """The text-independent half of a forward pass (:meth:`SgMg.encode_video`), reusable for several expressions.
+
+    Axis legend as above; L feature levels of the transformer (strides 8, 16, 32, 64).
+
+    Attributes:
+        backbone: the 4 backbone maps ``[B*T, C_i, H/s, W/s]``, s = 4, 8, 16, 32 (the refiner reads s = 4, 8).
+        srcs: L projected maps ``[B*T, C, h_l, w_l]``.
+        masks: L padding masks ``[B*T, h_l, w_l]``, True at padding.
+        poses: L sine position embeddings ``[B*T, C, h_l, w_l]``.
+        image_size: ``[B, 2]`` unpadded (h, w) of each video.
+        num_frames: T.
+        input_size: ``(H, W)`` of the video before padding.
+        padded_size: ``(H', W')`` after padding to the stride multiple.
+    """
+
+    backbone: list[Tensor]
+    srcs: list[Tensor]
+    masks: list[Tensor]
+    poses: list[Tensor]
+    image_size: Tensor
+    num_frames: int
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+
+    @property
+    def num_videos(self) -> int:
+        """B."""
+        return self.image_size.shape[0]
+
+    def select(self, video_index: Tensor) -> VisualFeatures:
+        """The features of videos ``video_index [N]`` (repeats allowed): every ``[B*T, ...]`` map -> ``[N*T, ...]``."""
+        t = self.num_frames
+
+        def pick(x: Tensor) -> Tensor:
+            return x.unflatten(0, (-1, t))[video_index].flatten(0, 1)
+
+        return VisualFeatures(
+            backbone=[pick(x) for x in self.backbone],
+            srcs=[pick(x) for x in self.srcs],
+            masks=[pick(x) for x in self.masks],
+            poses=[pick(x) for x in self.poses],
+            image_size=self.image_size[video_index],
+            num_frames=t,
+            input_size=self.input_size,
+            padded_size=self.padded_size,
+        )

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sgmg.model.layers import MLP, inverse_sigmoid
-from sgmg.model.outputs import LayerOutput, SgMgOutput
+from sgmg.model.outputs import LayerOutput, SgMgOutput, VisualFeatures
 from sgmg.model.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 
 QuerySelector = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -110,7 +110,7 @@ class SgMg(nn.Module):
         pad_mask: Tensor | None = None,
         query_selector: QuerySelector | None = None,
     ) -> SgMgOutput:
-        """Segment the referred object.
+        """Segment the referred object: :meth:`encode_video` then :meth:`decode`.
 
         Args:
             video: ``[B, T, 3, H, W]`` ImageNet-normalised frames; padded here to a multiple of 32 (train) or 16 (eval).
@@ -127,12 +127,28 @@ class SgMg(nn.Module):
         """
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
-        b, t, _, h, w = video.shape
+        b = video.shape[0]
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or input_ids.shape[0] != b:
             raise ValueError(
                 f"input_ids and attention_mask must both be [B={b}, S], got {tuple(input_ids.shape)} and "
                 f"{tuple(attention_mask.shape)}"
             )
+        visual = self.encode_video(video, pad_mask)
+        return self.decode(visual, input_ids, attention_mask, query_selector=query_selector)
+
+    def encode_video(self, video: Tensor, pad_mask: Tensor | None = None) -> VisualFeatures:
+        """The text-independent half: backbone, input projections, padding masks and position embeddings.
+
+        Args:
+            video: ``[B, T, 3, H, W]`` ImageNet-normalised frames; padded here to a multiple of 32 (train) or 16 (eval).
+            pad_mask: optional bool ``[B, H, W]``, True where ``video`` is already padding (bottom/right).
+
+        Returns:
+            :class:`VisualFeatures`, to :meth:`decode` with one or several expressions per video.
+        """
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
+        b, t, _, h, w = video.shape
         if pad_mask is not None and pad_mask.shape != (b, h, w):
             raise ValueError(f"pad_mask must be bool [B, H, W] = {(b, h, w)}, got {tuple(pad_mask.shape)}")
         mult = 32 if self.training else 16
@@ -144,13 +160,46 @@ class SgMg(nn.Module):
         frame_mask = mask.repeat_interleave(t, 0)[None].float()  # [1, B*T, H, W]
 
         feats = self.visual_encoder(video)  # 4 x [B*T, C_i, h_i, w_i]
-        txt, sentence, txt_pad_mask = self.text_encoder(input_ids, attention_mask)
-        txt, sentence = self.text_proj(txt), self.sentence_proj(sentence)  # [B, S, C], [B, C]
         srcs = [proj(f) for proj, f in zip(self.input_proj[:-1], feats[1:], strict=True)]
         srcs.append(self.input_proj[-1](feats[-1]))
         masks = [F.interpolate(frame_mask, size=s.shape[-2:])[0].bool() for s in srcs]  # L x [B*T, h, w]
         poses = [self.position_encoding(m).to(s.dtype) for s, m in zip(srcs, masks, strict=True)]
-        srcs = self.fusion(srcs, t, txt, self.text_pos(txt_pad_mask), txt_pad_mask)
+        return VisualFeatures(list(feats), srcs, masks, poses, image_size, t, (h, w), (hp, wp))
+
+    def decode(
+        self,
+        visual: VisualFeatures,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        video_index: Tensor | None = None,
+        query_selector: QuerySelector | None = None,
+    ) -> SgMgOutput:
+        """The text-dependent half: text encoder, spectrum-guided fusion, transformer, heads and refiner.
+
+        Args:
+            visual: :meth:`encode_video` of B videos.
+            input_ids: ``[N, S]`` token ids, one expression per row.
+            attention_mask: ``[N, S]``.
+            video_index: ``[N]`` long, the video (in ``visual``) each expression refers to; None: row i is video i
+                (N = B). Several expressions of one video share its visual features.
+            query_selector: as in :meth:`forward` (training).
+
+        Returns:
+            :class:`SgMgOutput` with N rows, as :meth:`forward` describes.
+        """
+        if video_index is not None:
+            visual = visual.select(video_index.to(visual.image_size.device))
+        b, t = visual.num_videos, visual.num_frames
+        (h, w), (hp, wp) = visual.input_size, visual.padded_size
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or input_ids.shape[0] != b:
+            raise ValueError(
+                f"input_ids and attention_mask must both be [N={b}, S], got {tuple(input_ids.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        feats, masks, poses, image_size = visual.backbone, visual.masks, visual.poses, visual.image_size
+        txt, sentence, txt_pad_mask = self.text_encoder(input_ids, attention_mask)
+        txt, sentence = self.text_proj(txt), self.sentence_proj(sentence)  # [B, S, C], [B, C]
+        srcs = self.fusion(list(visual.srcs), t, txt, self.text_pos(txt_pad_mask), txt_pad_mask)
 
         c = sentence.shape[-1]
         q = self.num_queries
@@ -181,11 +230,11 @@ class SgMg(nn.Module):
             low = F.pixel_shuffle(patch.flatten(0, 2), self.refiner.patch_size).view(b, t, q, hp // 2, wp // 2)
             if self.training:
                 if query_selector is None:
-                    selected = torch.arange(q, device=video.device).expand(b, q)
+                    selected = torch.arange(q, device=image_size.device).expand(b, q)
                 else:
                     with torch.no_grad():
                         selected = query_selector(lvl, logits.detach(), boxes.detach(), low.detach())
-                    selected = torch.as_tensor(selected, dtype=torch.long, device=video.device)
+                    selected = torch.as_tensor(selected, dtype=torch.long, device=image_size.device)
                     if selected.dim() != 2 or selected.shape[0] != b:
                         raise ValueError(f"query_selector must return [B={b}, K] indices, got {tuple(selected.shape)}")
             else:
