@@ -145,12 +145,17 @@ def foreground(labels: np.ndarray) -> np.ndarray:
     return labels != 0
 
 
-def write_binary_png(path: Path, mask: np.ndarray) -> None:
-    """Write bool ``[H, W]`` ``mask`` as an 8-bit grayscale 0/255 PNG, atomically."""
+def binary_png_bytes(mask: np.ndarray) -> bytes:
+    """Bool ``[H, W]`` ``mask`` as the bytes of an 8-bit grayscale 0/255 PNG."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_binary_png(path: Path, mask: np.ndarray) -> None:
+    """Write bool ``[H, W]`` ``mask`` as an 8-bit grayscale 0/255 PNG, atomically."""
+    atomic_write_bytes(path, binary_png_bytes(mask))

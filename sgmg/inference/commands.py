@@ -1,4 +1,8 @@
-"""``sgmg predict VIDEO "sentence" --checkpoint CKPT --out DIR``: masks (PNG) and an overlay video for one video."""
+"""``sgmg predict VIDEO "sentence" ["sentence" ...] --checkpoint CKPT --out DIR``: masks (PNG) and an overlay video.
+
+One sentence writes ``DIR/masks/<frame>.png``; several write ``DIR/<i>/masks/<frame>.png`` for the i-th (the visual
+encoder runs once per window for all of them, as in the Serve endpoint).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from pathlib import Path
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgmg predict``."""
     parser.add_argument("video", help="a video file (.mp4, ...) or a folder of frames (.jpg/.png, sorted by name)")
-    parser.add_argument("text", help="the referring expression, e.g. 'the dog jumping over the fence'")
+    parser.add_argument(
+        "text", nargs="+", help="the referring expression(s), e.g. 'the dog jumping over the fence' (one per argument)"
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint in this project's format (folder or .safetensors file)")
     src.add_argument("--official", metavar="PTH", help="a released SgMg .pth checkpoint (needs --variant)")
@@ -54,36 +60,46 @@ def run(args: argparse.Namespace) -> int:
     predictor = RVOSPredictor(
         model, tokenizer, device=args.device, short_side=args.short_side, threshold=args.threshold
     )
-    writer = None if args.no_overlay else OverlayVideoWriter(out / "overlay.mp4", source.fps, source.size)
-    scores: list[float] = []
-    best_queries: list[int] = []
+    texts = list(args.text)
+    folders = [out] if len(texts) == 1 else [out / str(i) for i in range(len(texts))]
+    writers = [
+        None if args.no_overlay else OverlayVideoWriter(f / "overlay.mp4", source.fps, source.size) for f in folders
+    ]
+    scores: list[list[float]] = [[] for _ in texts]
+    best_queries: list[list[int]] = [[] for _ in texts]
     start = time.perf_counter()
-    input_ids, attention_mask = predictor.tokenize(args.text)
+    input_ids, attention_mask = predictor.tokenize_many(texts)
+    done = 0
     for first, frames in source.windows(args.window):
-        probs, window_scores, best = predictor.predict_window(frames, input_ids, attention_mask)
-        masks = (probs > predictor.threshold).cpu().numpy()
-        best_queries.append(best)
-        for i, mask in enumerate(masks):
-            write_mask_png(out / "masks" / f"{source.frame_names[first + i]}.png", mask)
-            if writer is not None:
-                writer.write(frames[i], mask)
-        scores.extend(window_scores.tolist())
-        rate = len(scores) / (time.perf_counter() - start)
-        print(f"\r{len(scores)}/{len(source)} frames, {rate:.2f} frames/s", end="", file=sys.stderr, flush=True)
+        masks, window_scores, best = predictor.segment_window(frames, input_ids, attention_mask)
+        for e, folder in enumerate(folders):
+            best_queries[e].append(int(best[e]))
+            scores[e].extend(window_scores[e].tolist())
+            for i, mask in enumerate(masks[e].cpu().numpy()):
+                write_mask_png(folder / "masks" / f"{source.frame_names[first + i]}.png", mask)
+                if writers[e] is not None:
+                    writers[e].write(frames[i], mask)
+        done += len(frames)
+        rate = done / (time.perf_counter() - start)
+        print(f"\r{done}/{len(source)} frames, {rate:.2f} frames/s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    if writer is not None:
-        writer.close()
-    summary = {
-        "video": str(source.path),
-        "text": args.text,
-        "frames": source.frame_names,
-        "scores": scores,
-        "best_query_per_window": best_queries,
-        "window": args.window,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    (out / "prediction.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {len(scores)} masks to {out / 'masks'}" + ("" if writer is None else f" and {out / 'overlay.mp4'}"))
+    for writer in writers:
+        if writer is not None:
+            writer.close()
+    seconds = round(time.perf_counter() - start, 3)
+    for e, folder in enumerate(folders):
+        summary = {
+            "video": str(source.path),
+            "text": texts[e],
+            "frames": source.frame_names,
+            "scores": scores[e],
+            "best_query_per_window": best_queries[e],
+            "window": args.window,
+            "seconds": seconds,
+        }
+        (folder / "prediction.json").write_text(json.dumps(summary, indent=1))
+    where = ", ".join(str(f / "masks") for f in folders)
+    print(f"wrote {done} masks per sentence to {where}" + ("" if args.no_overlay else " (and overlay.mp4 beside)"))
     return 0
 
 

@@ -25,6 +25,21 @@ from sgmg.model.outputs import SgMgOutput
 
 
 @dataclass
+class WindowOutput:
+    """What the model gives for N expressions over windows of t frames (:meth:`RVOSPredictor.forward_windows`).
+
+    Attributes:
+        mask_logits: float32 ``[N, t, h, w]`` refined mask logits of each row's best query, at the model's input size.
+        scores: float32 ``[N, t]`` score (sigmoid) of that query in each frame.
+        best_query: long ``[N]`` the chosen query of each row.
+    """
+
+    mask_logits: torch.Tensor
+    scores: torch.Tensor
+    best_query: torch.Tensor
+
+
+@dataclass
 class Prediction:
     """Result of :meth:`RVOSPredictor.predict`.
 
@@ -84,24 +99,9 @@ class RVOSPredictor:
         enc = self.tokenizer([text.strip()], padding="longest", return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def _input_size(self, h: int, w: int) -> tuple[int, int]:
-        scale = self.short_side / min(h, w)
-        if self.max_side is not None and max(h, w) * scale > self.max_side:
-            scale = self.max_side / max(h, w)
-        return max(1, round(h * scale)), max(1, round(w * scale))
-
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``[T, H, W, 3]`` -> float ``[1, T, 3, h, w]`` resized and ImageNet-normalised."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        video = video.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, H, W]
-        size = self._input_size(*frames.shape[1:3])
-        if size != tuple(frames.shape[1:3]):
-            video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        return ((video - mean) / std).unsqueeze(0)  # [1, T, 3, h, w]
+        return preprocess_frames(frames, self.short_side, self.max_side, self.device).unsqueeze(0)
 
     @torch.inference_mode()
     def predict_batch(self, batch: ClipBatch) -> SgMgOutput:
@@ -110,19 +110,86 @@ class RVOSPredictor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             return self.model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
 
+    def tokenize_many(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``N`` expressions -> ``input_ids [N, S]``, ``attention_mask [N, S]`` (padded to the longest)."""
+        if not texts:
+            raise ValueError("give at least one referring expression")
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"a referring expression must be a non-empty string, got {text!r}")
+        enc = self.tokenizer([t.strip() for t in texts], padding="longest", return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    @torch.inference_mode()
+    def forward_windows(
+        self,
+        video: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_index: torch.Tensor | None = None,
+    ) -> WindowOutput:
+        """The model's part: the visual encoder once per window, the rest once per expression.
+
+        Args:
+            video: ``[B, t, 3, h, w]`` preprocessed windows (:meth:`preprocess`) of one shape.
+            input_ids: ``[N, S]``, attention_mask ``[N, S]``: the expressions.
+            video_index: ``[N]`` long, the window each expression refers to (None: N = B, row i -> window i).
+
+        Returns:
+            :class:`WindowOutput` with N rows.
+        """
+        video = video.to(self.device)
+        if video_index is not None:
+            video_index = video_index.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            visual = self.model.encode_video(video)
+            out = self.model.decode(visual, input_ids.to(self.device), attention_mask.to(self.device), video_index)
+        best = out.best_query  # [N]
+        logits = out.pred_logits.float()  # [N, t, Q]
+        scores = logits.gather(2, best[:, None, None].expand(-1, logits.shape[1], 1))[..., 0].sigmoid()  # [N, t]
+        return WindowOutput(out.pred_masks.float(), scores, best)
+
+    @torch.inference_mode()
+    def postprocess(
+        self, mask_logits: torch.Tensor, size: tuple[int, int], threshold: float | None = None, chunk: int = 8
+    ) -> torch.Tensor:
+        """One expression's mask logits ``[t, h, w]`` at model input size -> bool masks ``[t, H, W]`` at ``size``.
+
+        Bilinear resize of the logits, then ``sigmoid > threshold`` (the predictor's by default), ``chunk`` frames at
+        a time so memory stays bounded at high resolution (each frame is resized on its own: same values).
+        """
+        threshold = self.threshold if threshold is None else threshold
+        parts = [
+            self.probabilities(mask_logits[i : i + chunk], size) > threshold for i in range(0, len(mask_logits), chunk)
+        ]
+        return torch.cat(parts)
+
+    @staticmethod
+    def probabilities(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mask logits ``[t, h, w]`` -> probabilities ``[t, H, W]`` resized bilinearly to ``size``."""
+        logits = F.interpolate(mask_logits.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        return logits[:, 0].sigmoid()
+
+    @torch.inference_mode()
+    def segment_window(
+        self, frames: np.ndarray, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One window, N expressions: uint8 ``[t, H, W, 3]`` -> bool masks ``[N, t, H, W]``, scores ``[N, t]``,
+        best queries ``[N]``. The visual encoder runs once for all N."""
+        video = self.preprocess(frames)
+        index = torch.zeros(input_ids.shape[0], dtype=torch.long)
+        out = self.forward_windows(video, input_ids, attention_mask, index)
+        masks = torch.stack([self.postprocess(row, frames.shape[1:3]) for row in out.mask_logits])
+        return masks, out.scores, out.best_query
+
     @torch.inference_mode()
     def predict_window(
         self, frames: np.ndarray, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One window: uint8 ``[t, H, W, 3]`` -> probabilities ``[t, H, W]``, scores ``[t]``, best query."""
-        video = self.preprocess(frames)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.model(video, input_ids, attention_mask)
-        best = int(out.best_query[0])
-        scores = out.pred_logits[0, :, best].float().sigmoid()  # [t]
-        logits = out.pred_masks[0].float().unsqueeze(1)  # [t, 1, h, w]
-        logits = F.interpolate(logits, size=frames.shape[1:3], mode="bilinear", align_corners=False)
-        return logits[:, 0].sigmoid(), scores, best
+        """One window, one expression: uint8 ``[t, H, W, 3]`` -> probabilities ``[t, H, W]``, scores ``[t]``, best
+        query."""
+        out = self.forward_windows(self.preprocess(frames), input_ids, attention_mask)
+        return self.probabilities(out.mask_logits[0], frames.shape[1:3]), out.scores[0], int(out.best_query[0])
 
     def iter_predict(
         self, video: str | Path | np.ndarray, text: str, *, window: int = 36
@@ -154,6 +221,31 @@ class RVOSPredictor:
             best_query=best,
             probs=np.concatenate(probs).astype(np.float32) if keep_probs else None,
         )
+
+
+def input_size(h: int, w: int, short_side: int, max_side: int | None = None) -> tuple[int, int]:
+    """The model input size of ``h x w`` frames: short side ``short_side``, long side at most ``max_side``."""
+    scale = short_side / min(h, w)
+    if max_side is not None and max(h, w) * scale > max_side:
+        scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def preprocess_frames(
+    frames: np.ndarray, short_side: int = 360, max_side: int | None = None, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, h, w]``: resized (bilinear, antialiased) so the short side is
+    ``short_side`` and ImageNet-normalised (the official inference recipe)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    video = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    video = video.permute(0, 3, 1, 2).float().div_(255.0)  # [T, 3, H, W]
+    size = input_size(*frames.shape[1:3], short_side, max_side)
+    if size != tuple(frames.shape[1:3]):
+        video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1)
+    return (video - mean) / std  # [T, 3, h, w]
 
 
 def _windows(video: str | Path | np.ndarray, window: int) -> Iterator[tuple[int, np.ndarray]]:
