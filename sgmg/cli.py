@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sgmg.train.commands", "train SgMg (--local: one process, no Ray; otherwise Ray Train)"),
     "ingest": ("pipelines.ingest_cli", "Ray Data job: raw dataset -> Parquet clip shards in object storage"),
     "sweep": ("pipelines.tune", "Ray Tune sweep of Ray Train jobs; registers the best as models:/NAME@champion"),
+    "serve": ("pipelines.serve.cli", "Ray Serve HTTP endpoint for a registered model or a checkpoint"),
 }
 
 

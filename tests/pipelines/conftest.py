@@ -149,3 +149,11 @@ def small_ingest(ray_cluster, tmp_path_factory) -> str:
     cfg = ingest.IngestConfig(source=str(root), dest=dest, max_side=96, shard_size=2)
     ingest.run_ingest(cfg, printer=lambda m: None)
     return dest
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(tmp_path_factory) -> str:
+    """A tiny SgMg checkpoint trained for a few steps on a bright moving square (the Serve tests' model)."""
+    from serve_fixtures import train_tiny_checkpoint
+
+    return str(train_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "checkpoint"))
