@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +26,24 @@ def ray_session(**init_kwargs: Any) -> Iterator[bool]:
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, **init_kwargs)
+    previous = _exit_on_sigterm() if started else None
     try:
         yield address is None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if started:
             ray.shutdown()
+
+
+def _exit_on_sigterm() -> Any:
+    """Make SIGTERM raise ``SystemExit(143)`` in the main thread, so the ``finally`` above shuts Ray down (a local
+    cluster's agents outlive a process killed by the signal). Installed after ``ray.init``: its core worker puts a
+    handler of its own in place that aborts the process. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _raise)

@@ -33,7 +33,7 @@ from pipelines.serve.responses import PngZipWriter, encode_frames
 from pipelines.serve.runner import LoadedModel, WindowJob, WindowResult, run_jobs
 from pipelines.serve.settings import AppSettings, Limits
 
-logger = logging.getLogger("pipelines.serve")
+logger = logging.getLogger("ray.serve.sgmg")  # a child of Serve's logger: lands in the replica logs
 
 SEGMENT_PATH = "/v1/segment"
 
@@ -73,7 +73,8 @@ class HandleBackend:
     async def info(self) -> dict[str, Any] | None:
         try:
             return await asyncio.wait_for(self.handle.info.remote(), timeout=5.0)
-        except Exception:  # noqa: BLE001 - no replica yet, or one still starting: not ready
+        except Exception as exc:  # noqa: BLE001 - no replica yet, or one still starting: not ready
+            logger.info("model deployment not ready: %r", exc)
             return None
 
 
@@ -335,21 +336,23 @@ def _encode_window(
 
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """The Serve application builder (``import_path: pipelines.serve.app:build_app``); ``args`` are the config's
-    ``applications[].args`` (:class:`pipelines.serve.settings.AppSettings`)."""
+    ``applications[].args`` (:class:`pipelines.serve.settings.AppSettings`), checked here, on the driver."""
     from ray import serve
 
     from pipelines.serve.model import SgMgModel
 
     settings = AppSettings.from_dict(args)
-    api = create_api(settings)
 
     @serve.deployment(name="SgMgIngress", max_ongoing_requests=32)
-    @serve.ingress(api)
+    @serve.ingress()  # late-bound: the app is built in the replica, over the model deployment's handle
     class SgMgIngress:
         """HTTP in front of the model deployment: parsing, checks, decoding, resizing and encoding the answer."""
 
-        def __init__(self, model: Any) -> None:
-            api.state.backend = HandleBackend(model)
+        def __init__(self, model: Any, app_args: dict[str, Any]) -> None:
+            self._api = create_api(AppSettings.from_dict(app_args), HandleBackend(model))
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return self._api
 
     model = SgMgModel.bind(settings.model_uri, settings.tracking_uri, settings.reload_interval_s)
-    return SgMgIngress.bind(model)
+    return SgMgIngress.bind(model, settings.to_dict())

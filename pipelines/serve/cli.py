@@ -13,6 +13,7 @@ is looked up too (a typo fails in a second).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,16 +149,23 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _serve(config, described, args.ready_timeout)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM for the block. Installed after ``ray.init``, whose core worker puts its own
+    SIGTERM handler in place (it logs a stack trace and aborts the process, skipping the shutdown)."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _serve(config, described, args.ready_timeout, stop)
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _serve(config: dict[str, Any], described: str, ready_timeout: float, stop: threading.Event) -> int:
+def _serve(config: dict[str, Any], described: str, ready_timeout: float) -> int:
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run CONFIG` uses to deploy a config file
     from ray.serve.schema import ServeDeploySchema
@@ -167,7 +176,7 @@ def _serve(config: dict[str, Any], described: str, ready_timeout: float, stop: t
     host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
     url = f"http://{host}:{http['port']}"
     t0 = time.perf_counter()
-    with ray_session(include_dashboard=False) as local:
+    with ray_session(include_dashboard=False) as local, _stop_on_signals() as stop:
         schema = ServeDeploySchema.model_validate(config)
         client = serve_api.serve_start(
             http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location

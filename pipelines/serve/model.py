@@ -25,7 +25,7 @@ from ray import serve
 from pipelines.serve.runner import LoadedModel, WindowJob, WindowResult, load_model, resolve_version, run_jobs
 from pipelines.serve.settings import ModelSettings
 
-logger = logging.getLogger("pipelines.serve")
+logger = logging.getLogger("ray.serve.sgmg")  # a child of Serve's logger: lands in the replica logs
 
 RETAIN_S = 600.0  # how long a replaced model stays available to the requests that started on it
 
@@ -51,7 +51,7 @@ class SgMgModel:
         self.windows = 0
         self._lock = threading.Lock()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgmg-load")
-        self._loading: Future = self._loader.submit(self._load, model_uri)
+        self._loading: Future = self._submit_load(model_uri)
         self._stop = threading.Event()
         if reload_interval_s > 0 and model_uri.startswith("models:/") and "@" in model_uri:
             threading.Thread(target=self._poll, daemon=True, name="sgmg-reload").start()
@@ -61,6 +61,13 @@ class SgMgModel:
     @property
     def model_uri(self) -> str:
         return self.settings.model_uri or self.app_model_uri
+
+    def _submit_load(self, model_uri: str) -> Future:
+        future = self._loader.submit(self._load, model_uri)
+        future.add_done_callback(
+            lambda f: f.exception() and logger.error("loading %s failed: %r", model_uri, f.exception())
+        )
+        return future
 
     def _load(self, model_uri: str) -> None:
         t0 = time.perf_counter()
@@ -93,7 +100,7 @@ class SgMgModel:
                     "%s moved from version %s to %s: loading it", self.model_uri, current.info["version"], version
                 )
                 try:
-                    self._loader.submit(self._load, self.model_uri).result()
+                    self._submit_load(self.model_uri).result()
                 except Exception:  # noqa: BLE001 - a bad new version: keep the old one
                     logger.exception("loading %s failed; still serving %s", self.model_uri, current.ref)
 
@@ -110,7 +117,7 @@ class SgMgModel:
         if (new.model_uri or self.app_model_uri) != (old.model_uri or self.app_model_uri) or (
             new.precision != old.precision
         ):
-            self._loading = self._loader.submit(self._load, self.model_uri)
+            self._loading = self._submit_load(self.model_uri)
 
     def check_health(self) -> None:
         """Serve's health check: a failed first load makes the replica unhealthy (Serve replaces it)."""
