@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgmg.train.config import TrainConfig
+from sgmg.train.config import TrainConfig, require
 
 RECIPES = ("video", "image", "none")
 
@@ -61,6 +61,10 @@ class TrackingConfig:
     enabled: bool = True
     tracking_uri: str | None = None
     experiment: str = "sgmg"
+
+    def __post_init__(self) -> None:
+        require("experiment", self.experiment, bool(self.experiment.strip()), "a non-empty experiment name")
+        require("tracking_uri", self.tracking_uri, self.tracking_uri != "", "an MLflow tracking URI, or null")
 
 
 @dataclass(frozen=True)
@@ -101,18 +105,17 @@ class RayTrainJob:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
-        if not self.shards:
-            raise ValueError("shards is empty; set it to the --dest of a finished `sgmg ingest` (folder or s3:// URI)")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0 or self.data_cpus <= 0:
-            raise ValueError(f"cpus_per_worker and data_cpus must be > 0, got {self.cpus_per_worker}, {self.data_cpus}")
-        if self.max_failures < 0 or self.shuffle_buffer < 0:
-            raise ValueError(
-                f"max_failures and shuffle_buffer must be >= 0, got {self.max_failures}, {self.shuffle_buffer}"
-            )
+        require(
+            "shards", self.shards, bool(self.shards), "the --dest of a finished `sgmg ingest` (folder or s3:// URI)"
+        )
+        require("recipe", self.recipe, self.recipe in RECIPES, f"one of {list(RECIPES)}")
+        require("name", self.name, bool(self.name.strip()), "a non-empty run name")
+        require("num_workers", self.num_workers, self.num_workers >= 1, "an integer >= 1")
+        require("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number of CPUs > 0")
+        require("data_cpus", self.data_cpus, self.data_cpus > 0, "a number of CPUs > 0")
+        require("max_failures", self.max_failures, self.max_failures >= 0, "an integer >= 0")
+        require("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "an integer >= 0 (0: no shuffle)")
+        require("val_shards", self.val_shards, self.val_shards != "", "an ingest folder/URI, or null")
 
 
 def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrainJob:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.train import RayTrainJob, prepare_tracking
+from sgmg.train.config import ConfigValueError, require
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 
@@ -66,20 +67,62 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.job is None:
-            raise ValueError("job is missing: the base Ray Train job (pipelines.train.RayTrainJob fields)")
-        if not self.space:
-            raise ValueError("space is empty; give e.g. {'train.optim.lr': {'loguniform': [1e-5, 1e-3]}}")
+        require("job", self.job, self.job is not None, "the base Ray Train job (pipelines.train.RayTrainJob fields)")
+        require(
+            "space",
+            self.space,
+            bool(self.space),
+            "a search space, e.g. {'train.optim.lr': {'loguniform': [1e-5, 1e-3]}}",
+        )
         for key, spec in self.space.items():
-            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-                raise ValueError(f"space.{key}: expected one of {DISTRIBUTIONS} with its arguments, got {spec!r}")
-        if self.metric.startswith("val_") and not self.job.val_shards:
-            raise ValueError(f"metric {self.metric!r} needs job.val_shards (an ingest with ground truth)")
+            check_dimension(self.job, key, spec)
+        require("mode", self.mode, self.mode in ("max", "min"), "max or min")
+        require(
+            "metric",
+            self.metric,
+            not self.metric.startswith("val_") or bool(self.job.val_shards),
+            "a metric the trials report; val_* metrics need job.val_shards (an ingest with ground truth)",
+        )
         for name in ("num_samples", "grace_period", "max_concurrent_trials"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.reduction_factor < 2:
-            raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor}")
+            require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
+        require("reduction_factor", self.reduction_factor, self.reduction_factor >= 2, "an integer >= 2")
+        require("name", self.name, bool(self.name.strip()), "a non-empty sweep name")
+        require("register_as", self.register_as, self.register_as != "", "a registered model name, or null")
+
+
+def check_dimension(job: RayTrainJob, key: str, spec: Any) -> None:
+    """Check one dimension of a search space before any trial runs: a known distribution with valid arguments, on a
+    job field, whose extreme values (or every listed value) make a valid job.
+
+    Raises:
+        ConfigValueError: naming ``space.KEY``.
+    """
+    where = f"space.{key}"
+    expected = f"one of {list(DISTRIBUTIONS)} with its arguments, e.g. {{loguniform: [1.0e-5, 1.0e-3]}}"
+    require(where, spec, isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS, expected)
+    kind, args = next(iter(spec.items()))
+    if kind in ("uniform", "loguniform", "randint"):
+        numbers = [_finite(a) for a in args] if isinstance(args, list) and len(args) == 2 else [None]
+        require(where, spec, None not in numbers, f"{kind}: [low, high], two finite numbers")
+        low, high = numbers
+        require(where, spec, low < high, f"{kind}: [low, high] with low < high")
+        if kind == "loguniform":
+            require(where, spec, low > 0, "loguniform: [low, high] with 0 < low < high")
+        if kind == "randint":
+            require(where, spec, low.is_integer() and high.is_integer(), "randint: [low, high) integers")
+            low, high = int(low), int(high)
+        values = [low, high - 1] if kind == "randint" else [low, high]
+    else:
+        require(where, spec, isinstance(args, list) and len(args) > 0, f"{kind}: a non-empty list of values")
+        values = list(args)
+    base = dataclasses.asdict(job)
+    for value in values:
+        try:
+            trial_job(base, {key: value}, "check")
+        except ConfigValueError as err:
+            raise ConfigValueError(where, spec, f"values that make a valid job ({err})") from None
+        except ValueError as err:
+            raise ConfigValueError(where, spec, f"a dotted field of the job ({err})") from None
 
 
 def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
@@ -92,6 +135,17 @@ def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepC
     from sgmg.train.config import load_config
 
     return load_config(SweepConfig, path, overrides, "sweep config")
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float (YAML reads ``1e-3`` as a string), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def param_space(space: dict[str, Any]) -> dict[str, Any]:

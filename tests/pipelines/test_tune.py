@@ -26,8 +26,19 @@ def test_sweep_config_validation() -> None:
         tune.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
     with pytest.raises(ValueError, match="space.train.optim.lr"):
         tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}'])
-    with pytest.raises(ValueError, match="job is missing"):
+    with pytest.raises(ValueError, match="job: expected the base Ray Train job"):
         tune.load_sweep(None, [f"space={SPACE}"])
+    # the space is checked before any trial runs: bounds, and the jobs its extreme values make
+    base = ["job.shards=/x", "job.val_shards=/y"]
+    for space, message in (
+        ('{"train.optim.lr": {"loguniform": [0, 1.0e-3]}}', "0 < low < high"),
+        ('{"train.optim.lr": {"uniform": [1.0e-3, 1.0e-4]}}', "low < high"),
+        ('{"train.optim.lr": {"uniform": [-1, 1.0e-3]}}', r"train.optim.lr: expected a number > 0"),
+        ('{"train.loss.weight_dice": {"choice": [1, .nan]}}', "train.loss.weight_dice: expected a finite number"),
+        ('{"train.optim.lrr": {"uniform": [1, 2]}}', "not a field of the job"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tune.load_sweep(None, [*base, f"space={space}"])
 
 
 @pytest.mark.integration
