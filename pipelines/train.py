@@ -375,6 +375,12 @@ class TrainRunResult:
     seconds: float
 
 
+# Ray Train V2 replaces ``print`` in its workers by a copy to the root logger (whose console handler writes to the
+# worker's stderr) plus, because a Ray worker's ``sys.stdout`` is not ``sys.__stdout__``, the original print: every
+# line a worker prints reached the driver twice (``log_to_driver``). Off: each printed line is forwarded once.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
     import ray.train
 
@@ -388,6 +394,7 @@ def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
         storage_filesystem=loc.fs if loc.is_s3 else None,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+        worker_runtime_env={"env_vars": dict(WORKER_ENV)},
     )
 
 

@@ -47,6 +47,12 @@ def test_default_tracking_uri_is_resolved_on_the_driver(tmp_path, monkeypatch) -
     assert ray_train.prepare_tracking(off) == off and off.tracking.tracking_uri is None
 
 
+def test_workers_print_each_line_once() -> None:
+    """Train V2's print patch copies every worker print to the root logger as well as to stdout: lines came twice."""
+    run_config = ray_train._run_config(ray_train.load_job(None, ["shards=/x", "storage_path=/tmp/x"]))
+    assert run_config.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+
+
 @pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
 def test_shipped_train_configs_are_valid(name: str) -> None:
     from pathlib import Path
