@@ -693,6 +693,18 @@ def load_manifest(dest: str) -> dict:
     return json.loads(storage.read_bytes(uri))
 
 
+def manifest_hash(dest: str) -> str:
+    """The identity of the ingest at ``dest``: sha256 of its manifest's canonical JSON (sorted keys, no spaces), which
+    lists every shard's content hash. Two validation sets with the same hash hold the same data, so scores on them
+    compare (the registry's champion rule).
+
+    Raises:
+        IngestError: no manifest at ``dest``.
+    """
+    canonical = json.dumps(load_manifest(dest), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def row_ranges(
     dest: str, manifest: dict | None = None, rows_per_range: int = ROW_GROUP_ROWS
 ) -> list[tuple[str, int, int]]:
