@@ -457,6 +457,46 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     )
 
 
+def register_run(
+    job: RayTrainJob,
+    checkpoint: str,
+    model_name: str,
+    *,
+    metrics: dict[str, Any],
+    source: str,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Register a finished run's checkpoint (local path or ``s3://`` URI) as a new version of ``model_name``: tagged
+    with its ``val_jf``, the hash of ``job.val_shards``'s manifest, ``source`` and the job's config, logged into the
+    run's MLflow run; the alias ``champion`` moves only when it beats the current champion on the same validation set
+    (``pipelines.tracking.register_candidate``).
+
+    Returns:
+        The ``pipelines.tracking.Registration`` (version, promoted, reason).
+    """
+    from pipelines import ingest, storage, tracking
+
+    job = prepare_tracking(job)
+    with tempfile.TemporaryDirectory(prefix="sgmg-register-") as tmp:
+        for name in ("model.safetensors", "config.json", "trainer_state.json"):
+            (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
+        run_id = json.loads((Path(tmp) / "trainer_state.json").read_text()).get("mlflow_run_id")
+        registration = tracking.register_candidate(
+            job.tracking.tracking_uri,
+            tmp,
+            model_name,
+            val_jf=metrics.get("val_jf"),
+            val_set=ingest.manifest_hash(job.val_shards) if job.val_shards else None,
+            source=source,
+            config=dataclasses.asdict(job),
+            run_id=run_id,
+            tags={"checkpoint": str(checkpoint)},
+        )
+    state = f"now models:/{model_name}@champion" if registration.promoted else "champion not moved"
+    log(f"[register] {model_name} version {registration.version}: {state} ({registration.reason})")
+    return registration
+
+
 def resource_problem(job: RayTrainJob, resources: dict[str, float]) -> str | None:
     """Why ``job`` cannot run on a cluster with ``resources`` (``ray.cluster_resources()``), or None.
 
@@ -483,6 +523,19 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"sgmg train: {exc}", file=sys.stderr)
         return 2
+    register = getattr(args, "register", None)
+    if register is not None and (not register.strip() or not job.tracking.enabled):
+        print(
+            f"sgmg train: --register {register!r} needs a model name and MLflow tracking (tracking.enabled=true)",
+            file=sys.stderr,
+        )
+        return 2
+    if register and not job.val_shards:
+        print(
+            "sgmg train: note: without val_shards the registered version has no val_jf and never becomes the champion "
+            "automatically (`sgmg registry promote` can)",
+            file=sys.stderr,
+        )
     import ray
 
     from pipelines import ingest
@@ -503,4 +556,9 @@ def run(args: argparse.Namespace) -> int:
         f"done: step {result.metrics.get('step')} loss {loss:.4f} in {result.seconds:.1f}s; "
         f"checkpoint {result.checkpoint}; MLflow run {result.mlflow_run_id}"
     )
+    if register:
+        if result.checkpoint is None:
+            print("sgmg train: no checkpoint was reported; nothing registered", file=sys.stderr)
+            return 1
+        register_run(job, result.checkpoint, register, metrics=result.metrics, source=f"run:{job.name}")
     return 0

@@ -7,8 +7,10 @@ sees the metrics every checkpoint reports and ASHA stops weak trials early. Tria
 on the job's ``val_shards``): the training loss is no measure across loss-weight trials.
 
 At the end the best trial's checkpoint is registered in the MLflow Model Registry as a new version of
-``register_as`` with the alias ``champion`` (``pipelines.tracking.register_checkpoint``), logged into that trial's
-MLflow run: the model the Serve deployment loads as ``models:/NAME@champion``.
+``register_as``, logged into that trial's MLflow run and tagged with its ``val_jf``, the hash of the validation
+ingest's manifest, the sweep and the trial's config (``pipelines.train.register_run``). It becomes
+``models:/NAME@champion`` (what the Serve deployment loads) only if its ``val_jf`` is higher than the champion's on
+the same validation set; otherwise it is registered without the alias and the log says why.
 
 Needs the Ray dashboard (Train V2 frees the placement groups of stopped trials through the State API; without it an
 early-stopped trial's resources leak and later trials hang): a local Ray is started with it.
@@ -20,14 +22,13 @@ import argparse
 import dataclasses
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.train import RayTrainJob, prepare_tracking
+from pipelines.train import RayTrainJob, prepare_tracking, register_run
 from sgmg.train.config import ConfigValueError, require
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
@@ -216,6 +217,7 @@ class SweepResult:
         trials: ``(params, last metrics)`` of every trial.
         registered_version: the registry version made from the best checkpoint (None when not registered).
         seconds: wall time.
+        registration: version, whether it became the champion, and why (None when not registered).
     """
 
     best_params: dict[str, Any]
@@ -224,6 +226,7 @@ class SweepResult:
     trials: list[tuple[dict[str, Any], dict[str, Any]]]
     registered_version: str | None
     seconds: float
+    registration: Any = None
 
 
 def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResult:
@@ -236,7 +239,7 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipelines import ingest, storage, tracking
+    from pipelines import ingest, storage
 
     started = time.perf_counter()
     ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
@@ -284,24 +287,21 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     if checkpoint and loc.is_s3 and not str(checkpoint).startswith("s3://"):
         checkpoint = "s3://" + str(checkpoint)
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
-    version = None
+    registration = None
     if cfg.register_as and checkpoint and job.tracking.enabled:
-        uri = job.tracking.tracking_uri
-        with tempfile.TemporaryDirectory(prefix="sgmg-best-") as tmp:
-            for name in ("model.safetensors", "config.json", "trainer_state.json"):
-                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
-            import json
-
-            run_id = json.loads((Path(tmp) / "trainer_state.json").read_text()).get("mlflow_run_id")
-            version = tracking.register_checkpoint(
-                uri,
-                tmp,
-                cfg.register_as,
-                run_id=run_id,
-                tags={cfg.metric: str(metrics.get(cfg.metric)), "sweep": cfg.name, "checkpoint": str(checkpoint)},
-            )
-        log(f"[sweep] registered {cfg.register_as} version {version} as models:/{cfg.register_as}@champion")
-    return SweepResult(best_params, metrics, checkpoint, trials, version, time.perf_counter() - started)
+        best_job = trial_job(base, best_params, cfg.name)
+        registration = register_run(
+            best_job, str(checkpoint), cfg.register_as, metrics=metrics, source=f"sweep:{cfg.name}", log=log
+        )
+    return SweepResult(
+        best_params,
+        metrics,
+        checkpoint,
+        trials,
+        registration.version if registration else None,
+        time.perf_counter() - started,
+        registration,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -334,8 +334,10 @@ def run(args: argparse.Namespace) -> int:
     except (ingest.IngestError, RuntimeError) as exc:
         print(f"sgmg sweep: {exc}", file=sys.stderr)
         return 1
+    reg = result.registration
+    verdict = "" if reg is None else f" ({'champion' if reg.promoted else 'not champion'}: {reg.reason})"
     print(
         f"done in {result.seconds:.0f}s: best {cfg.metric}={result.best_metrics.get(cfg.metric)} "
-        f"{result.best_params}; registered version {result.registered_version}"
+        f"{result.best_params}; registered version {result.registered_version}{verdict}"
     )
     return 0

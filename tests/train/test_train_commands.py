@@ -27,3 +27,10 @@ def test_bad_override_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_config_file_is_reported(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--local", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml" in capsys.readouterr().err
+
+
+def test_register_is_for_the_ray_job(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--local", "--register", "sgmg", "max_steps=1"]) == 2
+    assert "--register is for the Ray Train job" in capsys.readouterr().err
+    assert main(["train", "--register", "sgmg", "shards=/x", "tracking.enabled=false"]) == 2
+    assert "needs a model name and MLflow tracking" in capsys.readouterr().err
