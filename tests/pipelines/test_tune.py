@@ -84,6 +84,11 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     version = client.get_model_version_by_alias("sgmg", "champion")
     state = json.loads(storage.read_bytes(storage.join(result.best_checkpoint, "trainer_state.json")))
     assert version.run_id == state["mlflow_run_id"] and version.tags["val_jf"] == str(result.best_metrics["val_jf"])
+    # tagged with the validation set's identity, the sweep and the trial's config; champion because it is the first
+    from pipelines import ingest
+
+    assert version.tags["val_set"] == ingest.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
+    assert json.loads(version.tags["config"])["val_shards"] == small_ingest and result.registration.promoted
 
     # and serves as an MLflow pyfunc: video folder + sentence -> RLE masks per frame
     import mlflow.pyfunc
