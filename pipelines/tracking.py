@@ -196,6 +196,10 @@ def run_metrics(tracking_uri: str, run_id: str) -> dict[str, list[tuple[int, flo
 # ------------------------------------------------------------------------------------------------ model registry
 
 CHAMPION = "champion"
+CHECKPOINT_FILES = ("model.safetensors", "config.json")
+# model-version tags written by register_candidate
+TAG_VAL_JF, TAG_VAL_SET, TAG_SOURCE, TAG_CONFIG = "val_jf", "val_set", "source", "config"
+_HISTORY_KEEP = 100  # replaced champions remembered for rollback
 
 
 def _pyfunc_model_class() -> type:
@@ -290,12 +294,6 @@ def register_checkpoint(
     for key, value in (tags or {}).items():
         client.set_model_version_tag(model_name, version, key, value)
     return version
-
-
-CHECKPOINT_FILES = ("model.safetensors", "config.json")
-# model-version tags written by register_candidate
-TAG_VAL_JF, TAG_VAL_SET, TAG_SOURCE, TAG_CONFIG = "val_jf", "val_set", "source", "config"
-_HISTORY_KEEP = 100  # replaced champions remembered for rollback
 
 
 class RegistryError(Exception):
