@@ -386,6 +386,45 @@ def open_reader(fmt: str, source_uri: str, split: str):  # noqa: ANN201 - sgmg.d
     return open_dataset(fmt, storage.StorageFileSource(source_uri), split)
 
 
+def check_source(cfg: IngestConfig) -> None:
+    """Cheap checks of ``cfg.source`` before any Ray work starts: it exists, can be listed, and holds the index of the
+    format's split (Ref-YouTube-VOS: ``meta_expressions/<split>/meta_expressions.json``, which is read; MeViS:
+    ``<split>/meta_expressions.json``; raw Ref-DAVIS: ``DAVIS/`` and ``davis_text_annotations/``; RefCOCO: the
+    dataset's folder; plain videos: at least one entry).
+
+    Raises:
+        IngestError: naming the source (and the expected index file) and what is wrong.
+    """
+    from sgmg.data.datasets.davis import RawDavisReader
+    from sgmg.data.datasets.ytvos import RefYouTubeVOSReader
+    from sgmg.data.io import DataError
+
+    src = cfg.source
+    try:
+        if not storage.exists(src):
+            raise IngestError(f"--source {src} does not exist; give the dataset root (a folder, file:// or s3:// URI)")
+        entries = storage.list_dir(src)
+        if not entries:
+            raise IngestError(f"--source {src} is empty; give the dataset root of format {cfg.format}")
+        reader = open_reader(cfg.format, src, cfg.split)
+        index: str | None = None
+        if isinstance(reader, RefYouTubeVOSReader):
+            index = reader.expressions_path()
+        elif cfg.format == "mevis":
+            index = f"{cfg.split}/meta_expressions.json"
+        elif cfg.format == "refcoco":
+            index = reader.name
+        if index is not None:
+            if not reader.source.exists(index):
+                raise IngestError(f"--source {src} has no {reader.source.describe(index)} for format {cfg.format}")
+            if index.endswith(".json"):
+                reader.source.read_bytes(index)  # readable (permissions, S3 credentials)
+        elif cfg.format == "ref-davis" and not isinstance(reader, RawDavisReader):
+            raise IngestError(f"--source {src} is not a Ref-DAVIS17 folder")  # unreachable: open_dataset picks one
+    except (DataError, ValueError, OSError) as err:  # StorageError is an OSError; so are unclassified S3 errors
+        raise IngestError(f"--source {src} (format {cfg.format}, split {cfg.split}): {err}") from None
+
+
 def _quarantine_entry(reader, record: VideoRecord, err: BaseException, shard: int) -> dict:  # noqa: ANN001
     src = dict(record.source)
     loc = src.get("video") or src.get("frames") or src.get("image") or next(iter(src.values()), "")
@@ -652,6 +691,18 @@ def load_manifest(dest: str) -> dict:
             f"{uri} not found: {dest} is not a completed ingest; run or resume `sgmg ingest --dest {dest}`"
         )
     return json.loads(storage.read_bytes(uri))
+
+
+def manifest_hash(dest: str) -> str:
+    """The identity of the ingest at ``dest``: sha256 of its manifest's canonical JSON (sorted keys, no spaces), which
+    lists every shard's content hash. Two validation sets with the same hash hold the same data, so scores on them
+    compare (the registry's champion rule).
+
+    Raises:
+        IngestError: no manifest at ``dest``.
+    """
+    canonical = json.dumps(load_manifest(dest), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def row_ranges(

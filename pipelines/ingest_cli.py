@@ -91,13 +91,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 2
 
-    from pipelines.ingest import IngestConfig, IngestError, run_ingest
+    from pipelines.ingest import IngestConfig, IngestError, check_source, run_ingest
     from pipelines.storage import StorageError
 
     parallelism = settings.pop("parallelism", None)
     num_cpus = float(settings.pop("num_cpus"))
     try:
         cfg = IngestConfig(**settings)
+        check_source(cfg)  # before Ray starts (seconds): a missing source is reported at once
     except IngestError as err:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgmg.train.config import TrainConfig
+from sgmg.train.config import TrainConfig, require
 
 RECIPES = ("video", "image", "none")
 
@@ -61,6 +61,10 @@ class TrackingConfig:
     enabled: bool = True
     tracking_uri: str | None = None
     experiment: str = "sgmg"
+
+    def __post_init__(self) -> None:
+        require("experiment", self.experiment, bool(self.experiment.strip()), "a non-empty experiment name")
+        require("tracking_uri", self.tracking_uri, self.tracking_uri != "", "an MLflow tracking URI, or null")
 
 
 @dataclass(frozen=True)
@@ -101,18 +105,17 @@ class RayTrainJob:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
-        if not self.shards:
-            raise ValueError("shards is empty; set it to the --dest of a finished `sgmg ingest` (folder or s3:// URI)")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0 or self.data_cpus <= 0:
-            raise ValueError(f"cpus_per_worker and data_cpus must be > 0, got {self.cpus_per_worker}, {self.data_cpus}")
-        if self.max_failures < 0 or self.shuffle_buffer < 0:
-            raise ValueError(
-                f"max_failures and shuffle_buffer must be >= 0, got {self.max_failures}, {self.shuffle_buffer}"
-            )
+        require(
+            "shards", self.shards, bool(self.shards), "the --dest of a finished `sgmg ingest` (folder or s3:// URI)"
+        )
+        require("recipe", self.recipe, self.recipe in RECIPES, f"one of {list(RECIPES)}")
+        require("name", self.name, bool(self.name.strip()), "a non-empty run name")
+        require("num_workers", self.num_workers, self.num_workers >= 1, "an integer >= 1")
+        require("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number of CPUs > 0")
+        require("data_cpus", self.data_cpus, self.data_cpus > 0, "a number of CPUs > 0")
+        require("max_failures", self.max_failures, self.max_failures >= 0, "an integer >= 0")
+        require("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "an integer >= 0 (0: no shuffle)")
+        require("val_shards", self.val_shards, self.val_shards != "", "an ingest folder/URI, or null")
 
 
 def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrainJob:
@@ -372,6 +375,12 @@ class TrainRunResult:
     seconds: float
 
 
+# Ray Train V2 replaces ``print`` in its workers by a copy to the root logger (whose console handler writes to the
+# worker's stderr) plus, because a Ray worker's ``sys.stdout`` is not ``sys.__stdout__``, the original print: every
+# line a worker prints reached the driver twice (``log_to_driver``). Off: each printed line is forwarded once.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
     import ray.train
 
@@ -385,6 +394,7 @@ def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
         storage_filesystem=loc.fs if loc.is_s3 else None,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+        worker_runtime_env={"env_vars": dict(WORKER_ENV)},
     )
 
 
@@ -447,6 +457,46 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     )
 
 
+def register_run(
+    job: RayTrainJob,
+    checkpoint: str,
+    model_name: str,
+    *,
+    metrics: dict[str, Any],
+    source: str,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Register a finished run's checkpoint (local path or ``s3://`` URI) as a new version of ``model_name``: tagged
+    with its ``val_jf``, the hash of ``job.val_shards``'s manifest, ``source`` and the job's config, logged into the
+    run's MLflow run; the alias ``champion`` moves only when it beats the current champion on the same validation set
+    (``pipelines.tracking.register_candidate``).
+
+    Returns:
+        The ``pipelines.tracking.Registration`` (version, promoted, reason).
+    """
+    from pipelines import ingest, storage, tracking
+
+    job = prepare_tracking(job)
+    with tempfile.TemporaryDirectory(prefix="sgmg-register-") as tmp:
+        for name in ("model.safetensors", "config.json", "trainer_state.json"):
+            (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
+        run_id = json.loads((Path(tmp) / "trainer_state.json").read_text()).get("mlflow_run_id")
+        registration = tracking.register_candidate(
+            job.tracking.tracking_uri,
+            tmp,
+            model_name,
+            val_jf=metrics.get("val_jf"),
+            val_set=ingest.manifest_hash(job.val_shards) if job.val_shards else None,
+            source=source,
+            config=dataclasses.asdict(job),
+            run_id=run_id,
+            tags={"checkpoint": str(checkpoint)},
+        )
+    state = f"now models:/{model_name}@champion" if registration.promoted else "champion not moved"
+    log(f"[register] {model_name} version {registration.version}: {state} ({registration.reason})")
+    return registration
+
+
 def resource_problem(job: RayTrainJob, resources: dict[str, float]) -> str | None:
     """Why ``job`` cannot run on a cluster with ``resources`` (``ray.cluster_resources()``), or None.
 
@@ -473,6 +523,19 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"sgmg train: {exc}", file=sys.stderr)
         return 2
+    register = getattr(args, "register", None)
+    if register is not None and (not register.strip() or not job.tracking.enabled):
+        print(
+            f"sgmg train: --register {register!r} needs a model name and MLflow tracking (tracking.enabled=true)",
+            file=sys.stderr,
+        )
+        return 2
+    if register and not job.val_shards:
+        print(
+            "sgmg train: note: without val_shards the registered version has no val_jf and never becomes the champion "
+            "automatically (`sgmg registry promote` can)",
+            file=sys.stderr,
+        )
     import ray
 
     from pipelines import ingest
@@ -493,4 +556,9 @@ def run(args: argparse.Namespace) -> int:
         f"done: step {result.metrics.get('step')} loss {loss:.4f} in {result.seconds:.1f}s; "
         f"checkpoint {result.checkpoint}; MLflow run {result.mlflow_run_id}"
     )
+    if register:
+        if result.checkpoint is None:
+            print("sgmg train: no checkpoint was reported; nothing registered", file=sys.stderr)
+            return 1
+        register_run(job, result.checkpoint, register, metrics=result.metrics, source=f"run:{job.name}")
     return 0

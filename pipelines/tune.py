@@ -7,8 +7,10 @@ sees the metrics every checkpoint reports and ASHA stops weak trials early. Tria
 on the job's ``val_shards``): the training loss is no measure across loss-weight trials.
 
 At the end the best trial's checkpoint is registered in the MLflow Model Registry as a new version of
-``register_as`` with the alias ``champion`` (``pipelines.tracking.register_checkpoint``), logged into that trial's
-MLflow run: the model the Serve deployment loads as ``models:/NAME@champion``.
+``register_as``, logged into that trial's MLflow run and tagged with its ``val_jf``, the hash of the validation
+ingest's manifest, the sweep and the trial's config (``pipelines.train.register_run``). It becomes
+``models:/NAME@champion`` (what the Serve deployment loads) only if its ``val_jf`` is higher than the champion's on
+the same validation set; otherwise it is registered without the alias and the log says why.
 
 Needs the Ray dashboard (Train V2 frees the placement groups of stopped trials through the State API; without it an
 early-stopped trial's resources leak and later trials hang): a local Ray is started with it.
@@ -20,14 +22,14 @@ import argparse
 import dataclasses
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.train import RayTrainJob, prepare_tracking
+from pipelines.train import RayTrainJob, prepare_tracking, register_run
+from sgmg.train.config import ConfigValueError, require
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 
@@ -66,20 +68,62 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.job is None:
-            raise ValueError("job is missing: the base Ray Train job (pipelines.train.RayTrainJob fields)")
-        if not self.space:
-            raise ValueError("space is empty; give e.g. {'train.optim.lr': {'loguniform': [1e-5, 1e-3]}}")
+        require("job", self.job, self.job is not None, "the base Ray Train job (pipelines.train.RayTrainJob fields)")
+        require(
+            "space",
+            self.space,
+            bool(self.space),
+            "a search space, e.g. {'train.optim.lr': {'loguniform': [1e-5, 1e-3]}}",
+        )
         for key, spec in self.space.items():
-            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-                raise ValueError(f"space.{key}: expected one of {DISTRIBUTIONS} with its arguments, got {spec!r}")
-        if self.metric.startswith("val_") and not self.job.val_shards:
-            raise ValueError(f"metric {self.metric!r} needs job.val_shards (an ingest with ground truth)")
+            check_dimension(self.job, key, spec)
+        require("mode", self.mode, self.mode in ("max", "min"), "max or min")
+        require(
+            "metric",
+            self.metric,
+            not self.metric.startswith("val_") or bool(self.job.val_shards),
+            "a metric the trials report; val_* metrics need job.val_shards (an ingest with ground truth)",
+        )
         for name in ("num_samples", "grace_period", "max_concurrent_trials"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.reduction_factor < 2:
-            raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor}")
+            require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
+        require("reduction_factor", self.reduction_factor, self.reduction_factor >= 2, "an integer >= 2")
+        require("name", self.name, bool(self.name.strip()), "a non-empty sweep name")
+        require("register_as", self.register_as, self.register_as != "", "a registered model name, or null")
+
+
+def check_dimension(job: RayTrainJob, key: str, spec: Any) -> None:
+    """Check one dimension of a search space before any trial runs: a known distribution with valid arguments, on a
+    job field, whose extreme values (or every listed value) make a valid job.
+
+    Raises:
+        ConfigValueError: naming ``space.KEY``.
+    """
+    where = f"space.{key}"
+    expected = f"one of {list(DISTRIBUTIONS)} with its arguments, e.g. {{loguniform: [1.0e-5, 1.0e-3]}}"
+    require(where, spec, isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS, expected)
+    kind, args = next(iter(spec.items()))
+    if kind in ("uniform", "loguniform", "randint"):
+        numbers = [_finite(a) for a in args] if isinstance(args, list) and len(args) == 2 else [None]
+        require(where, spec, None not in numbers, f"{kind}: [low, high], two finite numbers")
+        low, high = numbers
+        require(where, spec, low < high, f"{kind}: [low, high] with low < high")
+        if kind == "loguniform":
+            require(where, spec, low > 0, "loguniform: [low, high] with 0 < low < high")
+        if kind == "randint":
+            require(where, spec, low.is_integer() and high.is_integer(), "randint: [low, high) integers")
+            low, high = int(low), int(high)
+        values = [low, high - 1] if kind == "randint" else [low, high]
+    else:
+        require(where, spec, isinstance(args, list) and len(args) > 0, f"{kind}: a non-empty list of values")
+        values = list(args)
+    base = dataclasses.asdict(job)
+    for value in values:
+        try:
+            trial_job(base, {key: value}, "check")
+        except ConfigValueError as err:
+            raise ConfigValueError(where, spec, f"values that make a valid job ({err})") from None
+        except ValueError as err:
+            raise ConfigValueError(where, spec, f"a dotted field of the job ({err})") from None
 
 
 def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
@@ -92,6 +136,17 @@ def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepC
     from sgmg.train.config import load_config
 
     return load_config(SweepConfig, path, overrides, "sweep config")
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float (YAML reads ``1e-3`` as a string), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def param_space(space: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +217,7 @@ class SweepResult:
         trials: ``(params, last metrics)`` of every trial.
         registered_version: the registry version made from the best checkpoint (None when not registered).
         seconds: wall time.
+        registration: version, whether it became the champion, and why (None when not registered).
     """
 
     best_params: dict[str, Any]
@@ -170,6 +226,7 @@ class SweepResult:
     trials: list[tuple[dict[str, Any], dict[str, Any]]]
     registered_version: str | None
     seconds: float
+    registration: Any = None
 
 
 def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResult:
@@ -182,7 +239,7 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipelines import ingest, storage, tracking
+    from pipelines import ingest, storage
 
     started = time.perf_counter()
     ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
@@ -230,24 +287,21 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     if checkpoint and loc.is_s3 and not str(checkpoint).startswith("s3://"):
         checkpoint = "s3://" + str(checkpoint)
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
-    version = None
+    registration = None
     if cfg.register_as and checkpoint and job.tracking.enabled:
-        uri = job.tracking.tracking_uri
-        with tempfile.TemporaryDirectory(prefix="sgmg-best-") as tmp:
-            for name in ("model.safetensors", "config.json", "trainer_state.json"):
-                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(str(checkpoint), name)))
-            import json
-
-            run_id = json.loads((Path(tmp) / "trainer_state.json").read_text()).get("mlflow_run_id")
-            version = tracking.register_checkpoint(
-                uri,
-                tmp,
-                cfg.register_as,
-                run_id=run_id,
-                tags={cfg.metric: str(metrics.get(cfg.metric)), "sweep": cfg.name, "checkpoint": str(checkpoint)},
-            )
-        log(f"[sweep] registered {cfg.register_as} version {version} as models:/{cfg.register_as}@champion")
-    return SweepResult(best_params, metrics, checkpoint, trials, version, time.perf_counter() - started)
+        best_job = trial_job(base, best_params, cfg.name)
+        registration = register_run(
+            best_job, str(checkpoint), cfg.register_as, metrics=metrics, source=f"sweep:{cfg.name}", log=log
+        )
+    return SweepResult(
+        best_params,
+        metrics,
+        checkpoint,
+        trials,
+        registration.version if registration else None,
+        time.perf_counter() - started,
+        registration,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -280,8 +334,10 @@ def run(args: argparse.Namespace) -> int:
     except (ingest.IngestError, RuntimeError) as exc:
         print(f"sgmg sweep: {exc}", file=sys.stderr)
         return 1
+    reg = result.registration
+    verdict = "" if reg is None else f" ({'champion' if reg.promoted else 'not champion'}: {reg.reason})"
     print(
         f"done in {result.seconds:.0f}s: best {cfg.metric}={result.best_metrics.get(cfg.metric)} "
-        f"{result.best_params}; registered version {result.registered_version}"
+        f"{result.best_params}; registered version {result.registered_version}{verdict}"
     )
     return 0

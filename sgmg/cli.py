@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("sgmg.checkpoint.commands", "convert an official SgMg .pth checkpoint to this project's format"),
     "train": ("sgmg.train.commands", "train SgMg (--local: one process, no Ray; otherwise Ray Train)"),
     "ingest": ("pipelines.ingest_cli", "Ray Data job: raw dataset -> Parquet clip shards in object storage"),
-    "sweep": ("pipelines.tune", "Ray Tune sweep of Ray Train jobs; registers the best as models:/NAME@champion"),
+    "sweep": ("pipelines.tune", "Ray Tune sweep of Ray Train jobs; registers the best, champion if it is better"),
+    "registry": ("pipelines.registry_cli", "MLflow model registry: list, show, promote, rollback the champion"),
     "serve": ("pipelines.serve.cli", "Ray Serve HTTP endpoint for a registered model or a checkpoint"),
 }
 

@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    copies = f" (and {report.copies} mp4 copies of them)" if report.copies else ""
     print(
-        f"{args.path}: format {report.format}, splits {', '.join(report.splits) or '-'}: {report.videos} videos, "
-        f"{report.expressions} expressions checked: {status}"
+        f"{args.path}: format {report.format}, splits {', '.join(report.splits) or '-'}: {report.videos} videos"
+        f"{copies}, {report.expressions} expressions checked: {status}"
     )
     return 0 if report.ok else 1

@@ -23,9 +23,11 @@ class ValidationReport:
     Attributes:
         format: the dataset format checked.
         problems: one message per problem, each naming the file (empty: the dataset is valid).
-        videos: number of videos checked.
+        videos: number of videos checked (each once, whatever copies it has).
         expressions: number of expressions checked.
         splits: the splits checked.
+        copies: video files checked that are copies of videos already counted (``videos/<split>/*.mp4`` beside a
+            Ref-YouTube-VOS split).
     """
 
     format: str
@@ -33,6 +35,7 @@ class ValidationReport:
     videos: int = 0
     expressions: int = 0
     splits: list[str] = field(default_factory=list)
+    copies: int = 0
 
     @property
     def ok(self) -> bool:
@@ -58,17 +61,29 @@ def default_splits(fmt: str, source: FileSource) -> list[str]:
 
 
 def check_reader(
-    reader: DatasetReader, report: ValidationReport, progress: Callable[[int, int], None] | None = None
+    reader: DatasetReader,
+    report: ValidationReport,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    copies: bool = False,
 ) -> None:
-    """Append every problem of one opened split to ``report``."""
+    """Append every problem of one opened split to ``report``.
+
+    ``copies``: the reader holds other encodings of videos already counted (the ``videos/<split>/*.mp4`` copies of a
+    Ref-YouTube-VOS folder): their problems are reported, but they count as :attr:`ValidationReport.copies`, not as
+    more videos and expressions.
+    """
     try:
         records = reader.list_videos(problems=report.problems)
     except DataError as err:
         report.problems.append(str(err))
         return
     for k, record in enumerate(records):
-        report.videos += 1
-        report.expressions += len(record.expressions)
+        if copies:
+            report.copies += 1
+        else:
+            report.videos += 1
+            report.expressions += len(record.expressions)
         try:
             video = reader.load_video(record)
         except DataError as err:
@@ -89,9 +104,10 @@ def check_reader(
                 )
             for o in exp.obj_ids:
                 if not visible.get(o, False):
+                    hint = " (0 is the background label; object ids start at 1)" if o == 0 else ""
                     report.problems.append(
                         f"{where}: expression {exp.exp_id!r} ({exp.text!r}) refers to object {o}, "
-                        "which appears in none of the video's masks"
+                        f"which appears in none of the video's masks{hint}"
                     )
 
 
@@ -142,7 +158,7 @@ def validate_dataset(
         if fmt == "ref-youtube-vos" and source.exists(f"videos/{split}"):
             sub = _SubSource(source, f"videos/{split}")
             vreader = open_dataset("videos", sub, split)
-            check_reader(vreader, report, None)
+            check_reader(vreader, report, None, copies=True)
     return report
 
 

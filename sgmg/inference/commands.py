@@ -39,6 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sgmg predict``."""
+    if not args.text.strip():  # before anything is loaded or created
+        print(
+            f"error: the referring expression is empty ({args.text!r}); give the sentence that describes the object, "
+            "e.g. 'the dog jumping over the fence'",
+            file=sys.stderr,
+        )
+        return 2
     from sgmg.inference.predictor import RVOSPredictor
     from sgmg.inference.sources import FrameSource
     from sgmg.inference.writers import OverlayVideoWriter, write_mask_png

@@ -18,6 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="training config; optional")
     parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="Ray Train only: register the final checkpoint as a new version of the MLflow model NAME; it becomes "
+        "models:/NAME@champion only if its val_jf beats the champion's on the same validation set",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -40,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
+    if args.register is not None:
+        print("sgmg train: --register is for the Ray Train job (MLflow tracking); not with --local", file=sys.stderr)
+        return 2
     from sgmg.train.config import load_train_config
     from sgmg.train.local import train_local
 

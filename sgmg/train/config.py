@@ -7,6 +7,7 @@ Defaults follow the official SgMg recipe (github.com/bo-miao/SgMg ``opts.py``) e
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,65 @@ from typing import Any, Literal
 import yaml
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ConfigValueError(ValueError):
+    """A bad config value, naming its dotted key, the value, what is expected and (once :func:`load_config` knows)
+    where the value came from and how to fix it.
+
+    Attributes:
+        key: dotted key (``train.optim.lr``); a dataclass's own checks give the field name, :func:`from_dict`
+            prefixes it with the enclosing sections.
+        value: the bad value.
+        expected: what would have been accepted.
+        origin: where the value came from (``the command-line override 'train.optim.lr=nan'``, a YAML path).
+        fix: how to fix it.
+        detail: a message that replaces ``expected ..., got ...`` (unknown keys).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        value: Any,
+        expected: str,
+        *,
+        origin: str | None = None,
+        fix: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.key, self.value, self.expected = key, value, expected
+        self.origin, self.fix, self.detail = origin, fix, detail
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        """``key: expected X, got V (from ORIGIN); fix: FIX``."""
+        text = f"{self.key}: {self.detail or f'expected {self.expected}, got {self.value!r}'}"
+        if self.origin:
+            text += f" (from {self.origin})"
+        if self.fix:
+            text += f"; fix: {self.fix}"
+        return text
+
+    def located(self, *, key: str | None = None, origin: str | None = None, fix: str | None = None) -> ConfigValueError:
+        """A copy with ``key``, ``origin`` and ``fix`` replaced where given."""
+        return ConfigValueError(
+            key or self.key,
+            self.value,
+            self.expected,
+            origin=origin or self.origin,
+            fix=fix or self.fix,
+            detail=self.detail,
+        )
+
+
+def require(key: str, value: Any, ok: bool, expected: str) -> None:
+    """Raise :class:`ConfigValueError` for ``key`` unless ``ok`` (the checks of the config dataclasses).
+
+    Raises:
+        ConfigValueError: ``ok`` is false.
+    """
+    if not ok:
+        raise ConfigValueError(key, value, expected)
 
 
 @dataclass(frozen=True)
@@ -52,12 +112,11 @@ class LossConfig:
     aux_loss: bool = True
 
     def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        negative = {k: v for k, v in values.items() if _is_number(v) and v < 0}
-        if negative:
-            raise ValueError(f"loss weights and costs must be >= 0, got {negative}")
-        if not 0 <= self.focal_alpha <= 1:
-            raise ValueError(f"loss.focal_alpha must be in [0, 1], got {self.focal_alpha}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _is_number(value):
+                require(f.name, value, value >= 0, "a number >= 0 (loss weights and matcher costs)")
+        require("focal_alpha", self.focal_alpha, 0 <= self.focal_alpha <= 1, "a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -108,15 +167,27 @@ class OptimConfig:
     clip_max_norm: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lr", "lr_visual_encoder", "lr_text_encoder", "lr_linear_proj_mult", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
-        if list(self.lr_milestones) != sorted(self.lr_milestones):
-            raise ValueError(f"optim.lr_milestones must be increasing, got {list(self.lr_milestones)}")
-        if self.lr_reference_world_size < 1:
-            raise ValueError(f"optim.lr_reference_world_size must be >= 1, got {self.lr_reference_world_size}")
-        if self.clip_max_norm < 0:
-            raise ValueError(f"optim.clip_max_norm must be >= 0 (0 = no clipping), got {self.clip_max_norm}")
+        require("lr", self.lr, self.lr > 0, "a number > 0 (the base learning rate)")
+        for name in ("lr_visual_encoder", "lr_text_encoder", "lr_linear_proj_mult", "weight_decay"):
+            value = getattr(self, name)
+            require(name, value, value >= 0, "a number >= 0")
+        require("betas", self.betas, all(0 <= b < 1 for b in self.betas), "two AdamW betas in [0, 1)")
+        require("eps", self.eps, self.eps > 0, "a number > 0")
+        milestones = list(self.lr_milestones)
+        require(
+            "lr_milestones",
+            milestones,
+            milestones == sorted(milestones) and all(m >= 1 for m in milestones),
+            "increasing milestones >= 1",
+        )
+        require("lr_gamma", self.lr_gamma, 0 < self.lr_gamma <= 1, "a factor in (0, 1]")
+        require(
+            "lr_reference_world_size",
+            self.lr_reference_world_size,
+            self.lr_reference_world_size >= 1,
+            "an integer >= 1",
+        )
+        require("clip_max_norm", self.clip_max_norm, self.clip_max_norm >= 0, "a number >= 0 (0 = no clipping)")
 
 
 @dataclass(frozen=True)
@@ -147,8 +218,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "size", "max_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+            require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -207,42 +277,73 @@ class TrainConfig:
             "log_every",
             "keep_checkpoints",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
+        require("seed", self.seed, self.seed >= 0, "an integer >= 0")
+        _check_model(self.model, self.model_overrides)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _check_model(name: str, overrides: Mapping[str, Any]) -> None:
+    """``model`` names a variant and ``model_overrides`` are fields of its config with valid values (checked here,
+    before any process builds the model)."""
+    from sgmg.config import replace_nested
+    from sgmg.zoo import MODEL_CONFIGS, list_models
+
+    require("model", name, name in MODEL_CONFIGS, f"one of {list_models()}")
+
+    def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value}
+        return out
+
+    items = flat(overrides)
+    try:
+        replace_nested(MODEL_CONFIGS[name], **items)
+    except (TypeError, ValueError) as err:
+        raise ConfigValueError(
+            "model_overrides",
+            dict(overrides),
+            f"fields of the {name} model config (sgmg.config.SgMgConfig)",
+            detail=f"invalid for model {name!r}: {err}",
+        ) from None
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Check/convert a YAML value to the annotated type ``tp``; errors name the dotted key."""
+    """Check/convert a YAML value to the annotated type ``tp``.
+
+    Raises:
+        ConfigValueError: naming the dotted key ``where``.
+    """
     origin = typing.get_origin(tp)
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigValueError(where, value, "a mapping")
         return _deep_copy(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigValueError(where, value, f"a mapping of {tp.__name__} fields")
         return from_dict(tp, value, prefix=where + ".")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ValueError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+            raise ConfigValueError(where, value, f"one of {list(typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        errors = []
+        errors: list[ConfigValueError] = []
         for arg in args:
-            if arg is type(None):
-                continue
             try:
                 return _convert(arg, value, where)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError("; ".join(errors))
+            except ConfigValueError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigValueError(where, value, " or ".join(e.expected for e in errors))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, Sequence) or isinstance(value, str):
@@ -250,44 +351,53 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+            raise ConfigValueError(where, list(value), f"{len(args)} values")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigValueError(where, value, "true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigValueError(where, value, "an integer")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        number = None
+        if not isinstance(value, bool) and isinstance(value, int | float | str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):  # YAML reads nan/inf overrides as strings, .nan as floats
+            raise ConfigValueError(where, value, "a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise ConfigValueError(where, value, "a string")
         return str(value)
     return value
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build the frozen dataclass ``cls`` from a (nested) mapping, validating names and types.
+    """Build the frozen dataclass ``cls`` from a (nested) mapping, validating names, types and values.
 
     Raises:
-        ValueError: naming the dotted key of an unknown field or a value of the wrong type.
+        ConfigValueError: naming the dotted key of an unknown field or a bad value.
+        ValueError: a check of ``cls`` that names no field (the message is prefixed with ``prefix``).
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys: {names}")
+        keys = [prefix + k for k in unknown]
+        raise ConfigValueError(
+            keys[0], data[unknown[0]], f"one of {names}", detail=f"unknown config key(s) {keys}; valid keys: {names}"
+        )
     kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigValueError as err:
+        raise err.located(key=prefix + err.key) from None
     except ValueError as err:
         raise ValueError(f"{prefix or cls.__name__}: {err}") from None
 
@@ -310,7 +420,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is a value, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from None
+        node[parts[-1]] = value
     return out
 
 
@@ -318,27 +432,84 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+def _default_of(cls: type, key: str) -> Any:
+    """The default value of dotted ``key`` in the dataclass ``cls`` (``dataclasses.MISSING`` when none is known)."""
+    node: Any = cls
+    value: Any = dataclasses.MISSING
+    for part in key.split("."):
+        part = part.split("[")[0]
+        if not (dataclasses.is_dataclass(node) or dataclasses.is_dataclass(type(node))):
+            return dataclasses.MISSING
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return dataclasses.MISSING
+        f = fields[part]
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return dataclasses.MISSING
+        node = value
+    return value
+
+
+def _origin_and_fix(err: ConfigValueError, cls: type, path: Path | None, overrides: Sequence[str]) -> tuple[str, str]:
+    """Where the bad value of ``err.key`` came from (the last override that set it or a section above it, else the
+    YAML file, else a default) and how to fix it."""
+    key = err.key.split("[")[0]
+    default = _default_of(cls, key)
+    example = ""
+    if default is not dataclasses.MISSING and default not in (None, "") and default != err.value:
+        shown = list(default) if isinstance(default, tuple) else default
+        if not dataclasses.is_dataclass(shown) and not isinstance(shown, dict):
+            example = f", e.g. {key}={shown} (the default)"
+    for item in reversed(overrides):
+        okey = item.partition("=")[0].strip()
+        if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
+            if err.detail:
+                return f"the command-line override {item!r}", "remove the override or correct its key"
+            return f"the command-line override {item!r}", f"change the override to {err.expected}{example}"
+    if path is not None:
+        if err.detail:
+            return str(path), f"remove or rename {key} in {path}"
+        return str(path), f"correct {key} in {path} (or override it on the command line){example}"
+    return "the defaults", f"set {key} on the command line ({key}=...) or in the YAML file{example}"
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), what: str = "config") -> Any:
     """Read a YAML file (optional) and dotted ``key=value`` overrides into the frozen dataclass ``cls``.
 
+    Every value is checked (types, finite numbers, ranges) before anything runs; an error names the dotted key, the
+    bad value, where it came from (the override ``key=value`` or the YAML file) and the fix.
+
     Raises:
         FileNotFoundError: if ``path`` does not exist (the message says which ``what``).
-        ValueError: naming the file (or "overrides") and the dotted key of a bad value.
+        ConfigValueError: a bad value (its message as above).
+        ValueError: a malformed file or override.
     """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{what} {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
     data = apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
+    except ConfigValueError as err:
+        origin, fix = _origin_and_fix(err, cls, path, overrides)
+        raise err.located(origin=origin, fix=fix) from None
     except ValueError as err:
         where = f"{path}" if path is not None else "overrides"
+        if overrides:
+            where += f" + overrides {list(overrides)}" if path is not None else f" {list(overrides)}"
         raise ValueError(f"{where}: {err}") from None
 
 

@@ -18,9 +18,18 @@ def test_synthetic_dataset_is_valid(synthetic_root: Path, capsys: pytest.Capture
     report = validate_dataset(synthetic_root)
     assert report.ok, report.problems
     assert report.format == "ref-youtube-vos" and report.splits == ["train", "valid"]
-    assert report.videos == 12  # 6 frame-folder videos + their 6 mp4 copies
+    # 6 videos, each counted once: their mp4 copies under videos/<split>/ are checked but are not more videos
+    expressions = sum(
+        len(v["expressions"])
+        for split in ("train", "valid")
+        for v in json.loads((synthetic_root / f"meta_expressions/{split}/meta_expressions.json").read_text())[
+            "videos"
+        ].values()
+    )
+    assert (report.videos, report.copies, report.expressions) == (6, 6, expressions)
     assert cli_main(["validate-dataset", str(synthetic_root), "--quiet"]) == 0
-    assert "OK" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"6 videos (and 6 mp4 copies of them), {expressions} expressions checked: OK" in out
 
 
 def test_every_problem_is_reported_with_its_file(tmp_path: Path, synthetic_root: Path, capsys) -> None:
@@ -69,3 +78,22 @@ def test_real_format_fixtures_are_valid(
     (davis_raw / "DAVIS/Annotations_unsupervised/480p/bike/00001.png").unlink()
     report = validate_dataset(davis_raw, fmt="ref-davis")
     assert len(report.problems) == 1 and "bike/00001.png" in report.problems[0]
+
+
+def test_an_expression_naming_the_background_or_an_absent_object_is_reported(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    root = tmp_path / "planted"
+    shutil.copytree(synthetic_root, root)
+    meta_path = root / "meta_expressions/train/meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    meta["videos"]["vid00000"]["expressions"]["0"]["obj_id"] = "0"  # label 0 is the background: no object
+    meta["videos"]["vid00001"]["expressions"]["1"]["obj_id"] = ["1", "7"]  # one of two objects never appears
+    meta_path.write_text(json.dumps(meta))
+    report = validate_dataset(root)
+    assert len(report.problems) == 2, report.problems
+    background, absent = sorted(report.problems)
+    assert "'vid00000': expression '0'" in background and "refers to object 0" in background
+    assert "0 is the background label" in background
+    assert "'vid00001': expression '1'" in absent and "refers to object 7" in absent
+    assert report.videos == 6 and report.copies == 6

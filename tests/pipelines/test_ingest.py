@@ -156,3 +156,19 @@ def test_read_shard_rows_reads_any_range_across_row_groups(tmp_path) -> None:
     assert [(r[1], r[2]) for r in ranges] == [(0, ingest.ROW_GROUP_ROWS), (ingest.ROW_GROUP_ROWS, n), (0, 2)]
     assert ranges[0][0] == str(path)
     assert len(ingest.row_ranges(str(tmp_path), manifest, rows_per_range=1)) == n + 2
+
+
+def test_manifest_hash_is_the_identity_of_the_ingest(tmp_path) -> None:
+    import json
+
+    a, b, c = (tmp_path / n for n in "abc")
+    for folder in (a, b, c):
+        folder.mkdir()
+    manifest = {"shards": [{"name": "s0", "sha256": "12"}], "num_videos": 1, "config": {"split": "valid"}}
+    (a / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (b / "manifest.json").write_text(json.dumps(dict(reversed(manifest.items()))))  # same content, other layout
+    (c / "manifest.json").write_text(json.dumps({**manifest, "shards": [{"name": "s0", "sha256": "13"}]}))
+    assert ingest.manifest_hash(str(a)) == ingest.manifest_hash(str(b)) != ingest.manifest_hash(str(c))
+    assert len(ingest.manifest_hash(str(a))) == 64
+    with pytest.raises(ingest.IngestError, match="not a completed ingest"):
+        ingest.manifest_hash(str(tmp_path / "none"))

@@ -51,7 +51,8 @@ class Server:
 
         self.work = work
         self.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-        self.version1 = str(tracking.register_checkpoint(self.tracking_uri, checkpoint, MODEL))
+        self.version1 = tracking.register_checkpoint(self.tracking_uri, checkpoint, MODEL)
+        tracking.promote(self.tracking_uri, MODEL, self.version1, why="the Serve test's first model")
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: unix socket paths < 108 chars
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -241,13 +242,10 @@ def test_page_draws_the_mask(server: Server, mp4: Path, tmp_path: Path) -> None:
 
 
 def test_alias_move_is_followed_without_failing_requests(server: Server, mp4: Path, tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
     import sgmg
     from pipelines import tracking
 
     sgmg.save_checkpoint(sgmg.build_model("sgmg_tiny"), tmp_path / "other")
-    client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
     results: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -263,8 +261,8 @@ def test_alias_move_is_followed_without_failing_requests(server: Server, mp4: Pa
     worker.start()
     try:
         time.sleep(2)
-        version2 = str(tracking.register_checkpoint(server.tracking_uri, tmp_path / "other", MODEL))
-        client.set_registered_model_alias(MODEL, "champion", version2)
+        version2 = tracking.register_checkpoint(server.tracking_uri, tmp_path / "other", MODEL)
+        tracking.promote(server.tracking_uri, MODEL, version2, why="the Serve test moves the alias")
         moved_at = time.monotonic()
         while time.monotonic() - moved_at < 60:
             if requests.get(f"{server.url}/v1/model", timeout=10).json()["version"] == version2:

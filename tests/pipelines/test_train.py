@@ -16,12 +16,19 @@ def test_job_config_validation(tmp_path) -> None:
     job = ray_train.load_job(None, ["shards=/data/x", "train.max_steps=3", "train.optim.lr=2e-5", "num_workers=4"])
     assert job.train.max_steps == 3 and job.train.optim.lr == 2e-5 and job.num_workers == 4
     assert ray_train.job_from_dict(dataclasses.asdict(job)) == job  # what the workers rebuild
-    with pytest.raises(ValueError, match="shards is empty"):
+    with pytest.raises(ValueError, match="shards: expected the --dest of a finished `sgmg ingest`"):
         ray_train.load_job(None, [])
     with pytest.raises(ValueError, match=r"train\.optim\.lr"):
         ray_train.load_job(None, ["shards=x", "train.optim.lr=fast"])
     with pytest.raises(ValueError, match="recipe"):
         ray_train.load_job(None, ["shards=x", "recipe=mosaic"])
+    # every value is checked on the driver, before Ray starts; the error names the override it came from
+    with pytest.raises(
+        ValueError, match=r"train\.optim\.lr: expected a finite number, got 'nan' \(from the command-line "
+    ):
+        ray_train.load_job(None, ["shards=x", "train.optim.lr=nan"])
+    with pytest.raises(ValueError, match="cpus_per_worker: expected a number of CPUs > 0, got 0.0"):
+        ray_train.load_job(None, ["shards=x", "cpus_per_worker=0"])
     with pytest.raises(FileNotFoundError):
         ray_train.load_job(tmp_path / "missing.yaml")
     assert ray_train.steps_per_epoch(10, job) == 2  # 10 samples / (batch 1 x 4 workers)
@@ -38,6 +45,12 @@ def test_default_tracking_uri_is_resolved_on_the_driver(tmp_path, monkeypatch) -
     assert job.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and (tmp_path / "mlflow.db").is_file()
     off = ray_train.load_job(None, ["shards=/x", "tracking.enabled=false"])
     assert ray_train.prepare_tracking(off) == off and off.tracking.tracking_uri is None
+
+
+def test_workers_print_each_line_once() -> None:
+    """Train V2's print patch copies every worker print to the root logger as well as to stdout: lines came twice."""
+    run_config = ray_train._run_config(ray_train.load_job(None, ["shards=/x", "storage_path=/tmp/x"]))
+    assert run_config.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
 @pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])

@@ -26,8 +26,19 @@ def test_sweep_config_validation() -> None:
         tune.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
     with pytest.raises(ValueError, match="space.train.optim.lr"):
         tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}'])
-    with pytest.raises(ValueError, match="job is missing"):
+    with pytest.raises(ValueError, match="job: expected the base Ray Train job"):
         tune.load_sweep(None, [f"space={SPACE}"])
+    # the space is checked before any trial runs: bounds, and the jobs its extreme values make
+    base = ["job.shards=/x", "job.val_shards=/y"]
+    for space, message in (
+        ('{"train.optim.lr": {"loguniform": [0, 1.0e-3]}}', "0 < low < high"),
+        ('{"train.optim.lr": {"uniform": [1.0e-3, 1.0e-4]}}', "low < high"),
+        ('{"train.optim.lr": {"uniform": [-1, 1.0e-3]}}', r"train.optim.lr: expected a number > 0"),
+        ('{"train.loss.weight_dice": {"choice": [1, .nan]}}', "train.loss.weight_dice: expected a finite number"),
+        ('{"train.optim.lrr": {"uniform": [1, 2]}}', "not a field of the job"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tune.load_sweep(None, [*base, f"space={space}"])
 
 
 @pytest.mark.integration
@@ -73,6 +84,11 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     version = client.get_model_version_by_alias("sgmg", "champion")
     state = json.loads(storage.read_bytes(storage.join(result.best_checkpoint, "trainer_state.json")))
     assert version.run_id == state["mlflow_run_id"] and version.tags["val_jf"] == str(result.best_metrics["val_jf"])
+    # tagged with the validation set's identity, the sweep and the trial's config; champion because it is the first
+    from pipelines import ingest
+
+    assert version.tags["val_set"] == ingest.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
+    assert json.loads(version.tags["config"])["val_shards"] == small_ingest and result.registration.promoted
 
     # and serves as an MLflow pyfunc: video folder + sentence -> RLE masks per frame
     import mlflow.pyfunc

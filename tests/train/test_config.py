@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sgmg.train.config import LossConfig, OptimConfig, TrainConfig, apply_overrides, load_train_config
+from sgmg.train.config import (
+    ConfigValueError,
+    LossConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    load_train_config,
+)
 
 
 def test_yaml_and_overrides(tmp_path: Path) -> None:
@@ -37,7 +44,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         ("optim.lrr=1", r"unknown config key\(s\) \['optim.lrr'\]"),
         ("max_steps=abc", "max_steps: expected an integer"),
         ("precision=fp8", "precision: expected one of"),
-        ("loss.weight_dice=-1", "must be >= 0"),
+        ("loss.weight_dice=-1", r"loss.weight_dice: expected a number >= 0 .*, got -1.0"),
         ("optim.lr_milestones=[5, 3]", "increasing"),
         ("noequals", "dotted.key=value"),
     ],
@@ -69,3 +76,45 @@ def test_defaults_follow_the_official_recipe() -> None:
     assert (optim.lr, optim.lr_visual_encoder, optim.lr_text_encoder, optim.weight_decay) == (1e-4, 5e-5, 1e-5, 5e-4)
     assert optim.clip_max_norm == 0.1 and optim.lr_gamma == 0.1
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("optim.lr=nan", "optim.lr", "a finite number"),
+        ("optim.lr=.inf", "optim.lr", "a finite number"),
+        ("optim.lr=0", "optim.lr", "a number > 0"),
+        ("optim.lr_text_encoder=-1e-5", "optim.lr_text_encoder", "a number >= 0"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas", "two AdamW betas in [0, 1)"),
+        ("optim.eps=0", "optim.eps", "a number > 0"),
+        ("optim.lr_gamma=2", "optim.lr_gamma", "a factor in (0, 1]"),
+        ("loss.focal_alpha=1.5", "loss.focal_alpha", "a probability in [0, 1]"),
+        ("loss.weight_mask=nan", "loss.weight_mask", "a finite number"),
+        ("data.batch_size=0", "data.batch_size", "an integer >= 1"),
+        ("max_steps=0", "max_steps", "an integer >= 1"),
+        ("seed=-3", "seed", "an integer >= 0"),
+        ("model=sgmg_tinyy", "model", "one of ["),
+        ("model_overrides.text.nope=1", "model_overrides", "fields of the sgmg_tiny model config"),
+    ],
+)
+def test_every_value_is_checked_and_the_error_names_the_override(override: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigValueError) as info:
+        load_train_config(None, ["max_steps=10", override])
+    err = info.value
+    assert err.key == key and expected in err.expected, str(err)
+    assert err.origin == f"the command-line override {override!r}", str(err)
+    assert str(err).startswith(f"{key}: ") and "; fix: " in str(err)
+
+
+def test_a_bad_value_in_the_yaml_file_names_the_file_and_an_override_wins(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: -1.0}\nloss: {weight_dice: 3}\n")
+    with pytest.raises(ConfigValueError) as info:
+        load_train_config(path, ["loss.weight_dice=4"])
+    message = str(info.value)
+    assert message.startswith("optim.lr: expected a number > 0") and "got -1.0" in message
+    assert f"(from {path})" in message and f"correct optim.lr in {path}" in message and "optim.lr=0.0001" in message
+    assert load_train_config(path, ["optim.lr=2e-5"]).optim.lr == 2e-5  # the override fixes it
+    # an override of the whole section is the origin of the keys under it
+    with pytest.raises(ConfigValueError, match=r"from the command-line override 'optim=\{lr: .nan\}'"):
+        load_train_config(path, ["optim={lr: .nan}"])

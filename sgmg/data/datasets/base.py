@@ -163,8 +163,10 @@ def assemble(
 def label_maps_to_masks(
     label_maps: Sequence[np.ndarray | None], obj_ids: Sequence[int], shape: tuple[int, int]
 ) -> np.ndarray:
-    """bool ``[O, T, H, W]``: ``label == obj_id`` per frame; all False where a frame has no annotation."""
+    """bool ``[O, T, H, W]``: ``label == obj_id`` per frame; all False where a frame has no annotation, and for an
+    ``obj_id`` below 1 (label 0 is the background, never an object)."""
     ids = np.asarray(obj_ids, dtype=np.int64).reshape(-1, 1, 1)
+    ids = np.where(ids >= 1, ids, -1)  # -1 matches no label of a uint8 PNG
     out = np.zeros((len(obj_ids), len(label_maps), *shape), dtype=bool)
     for t, labels in enumerate(label_maps):
         if labels is not None and labels.shape == shape:
