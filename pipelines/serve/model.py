@@ -142,7 +142,7 @@ class SgMgModel:
             await asyncio.wrap_future(self._loading)
         return await self._segment_batch(job)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _segment_batch(self, jobs: list[WindowJob]) -> list[WindowResult]:
         groups: dict[int, tuple[LoadedModel, list[int]]] = {}
         with self._lock:

@@ -139,7 +139,7 @@ class ModelSettings:
 
     model_uri: str | None = None
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.05
+    batch_wait_timeout_s: float = 0.01
     precision: str = "fp32"
     num_threads: int = 0
 
