@@ -340,15 +340,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def prepare_tracking(job: RayTrainJob) -> RayTrainJob:
-    """On the driver: resolve the default tracking URI (``sqlite:///<driver cwd>/mlflow.db``) into the job and create
-    the tracking tables and experiment once. The workers must get the resolved URI: their working directory is Ray's
-    session folder, not the user's.
+    """On the driver: resolve the default tracking URI (``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///<driver cwd>/mlflow.db``) into the job and create the tracking tables and experiment once. The
+    workers must get the resolved URI: their working directory is Ray's session folder, not the user's.
     """
     if not job.tracking.enabled:
         return job
     from pipelines import tracking
 
-    uri = job.tracking.tracking_uri or tracking.default_tracking_uri(os.getcwd())
+    uri = (
+        job.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(os.getcwd())
+    )
     tracking.prepare(uri, job.tracking.experiment)
     return dataclasses.replace(job, tracking=dataclasses.replace(job.tracking, tracking_uri=uri))
 
@@ -556,9 +558,30 @@ def run(args: argparse.Namespace) -> int:
         f"done: step {result.metrics.get('step')} loss {loss:.4f} in {result.seconds:.1f}s; "
         f"checkpoint {result.checkpoint}; MLflow run {result.mlflow_run_id}"
     )
+    registration = None
     if register:
         if result.checkpoint is None:
             print("sgmg train: no checkpoint was reported; nothing registered", file=sys.stderr)
             return 1
-        register_run(job, result.checkpoint, register, metrics=result.metrics, source=f"run:{job.name}")
+        registration = register_run(job, result.checkpoint, register, metrics=result.metrics, source=f"run:{job.name}")
+    if getattr(args, "summary", None):
+        summary = {
+            "name": job.name,
+            "metrics": result.metrics,
+            "checkpoint": result.checkpoint,
+            "mlflow_run_id": result.mlflow_run_id,
+            "tracking_uri": job.tracking.tracking_uri,
+            "seconds": result.seconds,
+            "registration": dataclasses.asdict(registration) if registration is not None else None,
+        }
+        write_summary(args.summary, summary)
     return 0
+
+
+def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
+    """Write a command's result as JSON (``--summary``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    os.replace(tmp, path)

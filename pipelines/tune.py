@@ -316,6 +316,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="dotted overrides, e.g. num_samples=16 job.shards=s3://b/shards job.train.max_steps=2000",
     )
+    parser.add_argument("--summary", metavar="FILE.json", help="write the result (trials, best, registration) as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,4 +341,11 @@ def run(args: argparse.Namespace) -> int:
         f"done in {result.seconds:.0f}s: best {cfg.metric}={result.best_metrics.get(cfg.metric)} "
         f"{result.best_params}; registered version {result.registered_version}{verdict}"
     )
+    if args.summary:
+        from pipelines.train import write_summary
+
+        summary = dataclasses.asdict(result)
+        summary["trials"] = [{"params": p, "metrics": m} for p, m in result.trials]
+        summary["metric"] = cfg.metric
+        write_summary(args.summary, summary)
     return 0

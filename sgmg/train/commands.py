@@ -24,6 +24,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "models:/NAME@champion only if its val_jf beats the champion's on the same validation set",
     )
     parser.add_argument(
+        "--summary",
+        metavar="FILE.json",
+        help="Ray Train only: write the result (metrics, checkpoint, MLflow run, registered version) to this JSON file",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
