@@ -39,9 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sgmg predict``."""
-    if not args.text.strip():  # before anything is loaded or created
+    blank = [t for t in args.text if not t.strip()]
+    if blank:  # before anything is loaded or created
         print(
-            f"error: the referring expression is empty ({args.text!r}); give the sentence that describes the object, "
+            f"error: the referring expression is empty ({blank[0]!r}); give the sentence that describes the object, "
             "e.g. 'the dog jumping over the fence'",
             file=sys.stderr,
         )
