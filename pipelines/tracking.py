@@ -90,9 +90,12 @@ def prepare(tracking_uri: str, experiment: str) -> str:
 
 @contextlib.contextmanager
 def _mlflow_uris(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (tracking and registry) at ``tracking_uri`` for a block, then restore it."""
+    """Point MLflow's fluent API (tracking and registry) at ``tracking_uri`` for a block, then restore it, and the
+    environment too (``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``, which later commands of the
+    same process would take for the user's choice)."""
     import mlflow
 
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -101,6 +104,11 @@ def _mlflow_uris(tracking_uri: str) -> Iterator[None]:
     finally:
         mlflow.set_tracking_uri(saved[0])
         mlflow.set_registry_uri(saved[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class RunTracker:
