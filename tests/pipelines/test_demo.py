@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_small_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
+def test_small_demo_runs_every_stage_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "pipelines.demo", "--small", "--work", str(tmp_path / "work")]
@@ -32,6 +32,15 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert "![sweep](sweep.png)" in md and "overlay_0.gif" in md
     for name in ("sweep.png", "training_curve.png", "overlay_0.gif"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    # the experiments notebook plots this run's MLflow runs, sweep and registry
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for its notebook runner
+    from test_notebooks import execute_notebook
+
+    monkeypatch.setenv("SGMG_DEMO_WORK", str(tmp_path / "work"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    nb = execute_notebook(Path(__file__).resolve().parents[2] / "notebooks" / "experiments.ipynb", tmp_path)
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
     # a second run reuses every finished stage
     again = subprocess.run([*cmd, "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
