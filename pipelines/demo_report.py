@@ -47,9 +47,11 @@ def predict_split_jf(data: Path, out: Path, *, seed: int, config: Path | None = 
     predictor = RVOSPredictor(model, load_tokenizer_for(model), short_side=short_side)
     for video, item in _valid_expressions(data).items():
         frames = np.stack([np.asarray(_open_rgb(p)) for p in _frame_files(data, video, item["frames"])])
-        for exp_id, exp in item["expressions"].items():
-            masks = predictor.predict(frames, exp["exp"]).masks
-            write_expression_masks(out, video, exp_id, item["frames"], masks)
+        exps = list(item["expressions"].items())
+        ids, mask = predictor.tokenize_many([e["exp"] for _, e in exps])
+        masks, _, _ = predictor.segment_window(frames, ids, mask)  # one visual pass for every expression
+        for (exp_id, _), expr_masks in zip(exps, masks.numpy(), strict=True):
+            write_expression_masks(out, video, exp_id, item["frames"], expr_masks)
     res = evaluate("ref-youtube-vos", out, data, split="valid")
     res.write_json(out / "eval.json")
     return _metrics(res)
