@@ -282,6 +282,17 @@ class TrainConfig:
         _check_model(self.model, self.model_overrides)
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"text": {"freeze": False}}`` -> ``{"text.freeze": False}`` (the form ``build_model`` takes)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -294,13 +305,7 @@ def _check_model(name: str, overrides: Mapping[str, Any]) -> None:
 
     require("model", name, name in MODEL_CONFIGS, f"one of {list_models()}")
 
-    def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out |= flat(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value}
-        return out
-
-    items = flat(overrides)
+    items = flatten(overrides)
     try:
         replace_nested(MODEL_CONFIGS[name], **items)
     except (TypeError, ValueError) as err:

@@ -13,6 +13,7 @@ from sgmg.train.config import (
     OptimConfig,
     TrainConfig,
     apply_overrides,
+    flatten,
     load_train_config,
 )
 
@@ -118,3 +119,7 @@ def test_a_bad_value_in_the_yaml_file_names_the_file_and_an_override_wins(tmp_pa
     # an override of the whole section is the origin of the keys under it
     with pytest.raises(ConfigValueError, match=r"from the command-line override 'optim=\{lr: .nan\}'"):
         load_train_config(path, ["optim={lr: .nan}"])
+
+
+def test_flatten_nested_overrides() -> None:
+    assert flatten({"text": {"freeze": False}, "num_queries": 3}) == {"text.freeze": False, "num_queries": 3}
