@@ -50,14 +50,9 @@ def default_tracking_uri(work_dir: str | os.PathLike = ".") -> str:
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"optim": {"lr": 1e-4}}`` -> ``{"optim.lr": "0.0001"}`` (MLflow params are flat strings)."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out |= flatten_params(value, name + ".")
-        else:
-            out[name] = str(value)[:_MAX_PARAM_CHARS]
-    return out
+    from sgmg.config_io import flatten
+
+    return {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(tree, prefix, keep_empty=True).items()}
 
 
 def _artifact_location(tracking_uri: str) -> str | None:

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgmg.train.config import TrainConfig, require
+from sgmg.config_io import require
+from sgmg.train.config import TrainConfig
 
 RECIPES = ("video", "image", "none")
 
@@ -126,14 +127,14 @@ def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrain
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file and dotted key of a bad value.
     """
-    from sgmg.train.config import load_config
+    from sgmg.config_io import load_config
 
     return load_config(RayTrainJob, path, overrides, "training job config")
 
 
 def job_from_dict(data: dict[str, Any]) -> RayTrainJob:
     """Inverse of ``dataclasses.asdict(job)`` (what the workers receive)."""
-    from sgmg.train.config import from_dict
+    from sgmg.config_io import from_dict
 
     return from_dict(RayTrainJob, data)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -33,11 +32,9 @@ from torchvision.ops import sigmoid_focal_loss
 
 from sgmg.data.schema import VideoTarget
 from sgmg.loss.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from sgmg.loss.config import LossConfig
 from sgmg.loss.matcher import InstanceSequenceMatcher, VideoMatch, fit_masks, subsample_stride2
 from sgmg.model.outputs import LayerOutput, SgMgOutput
-
-if TYPE_CHECKING:
-    from sgmg.train.config import LossConfig
 
 # term name -> upstream loss key (last layer; aux layer i gets the suffix ``_i``)
 UPSTREAM_NAMES = {
@@ -297,7 +294,7 @@ class SgMgCriterion(nn.Module):
 def build_criterion(
     cfg: LossConfig, reduce_num_boxes: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> SgMgCriterion:
-    """The matcher and criterion of a :class:`~sgmg.train.config.LossConfig`.
+    """The matcher and criterion of a :class:`~sgmg.loss.config.LossConfig`.
 
     ``reduce_num_boxes``: see :class:`SgMgCriterion` (default: the all-reduce over data-parallel workers; pass an
     identity for a loss computed by one rank alone, e.g. validation on rank 0, which would otherwise wait forever).

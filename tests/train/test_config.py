@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sgmg.train.config import (
-    ConfigValueError,
-    LossConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    flatten,
-    load_train_config,
-)
+from sgmg.config_io import ConfigValueError, apply_overrides, flatten
+from sgmg.train.config import LossConfig, OptimConfig, TrainConfig, load_train_config
 
 
 def test_yaml_and_overrides(tmp_path: Path) -> None:
@@ -34,7 +27,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_steps = 3  # type: ignore[misc]
     # the checkpointed form loads back
-    from sgmg.train.config import from_dict
+    from sgmg.config_io import from_dict
 
     assert from_dict(TrainConfig, dataclasses.asdict(cfg)) == cfg
 
