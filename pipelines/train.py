@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from sgmg.config_io import require
+from sgmg.data.sampler import RECIPES
 from sgmg.train.config import TrainConfig
-
-RECIPES = ("video", "image", "none")
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,8 @@ class RayTrainJob:
         shards: the output folder/URI of ``sgmg ingest`` to train on.
         train: the training run (``TrainConfig``: model, loss, optim, steps, ...; ``data.batch_size`` is per worker;
             ``output_dir`` and ``device`` are not used: checkpoints go to ``storage_path/name``, devices come from Ray).
-        recipe: augmentation: ``video`` (Ref-YouTube-VOS/MeViS), ``image`` (RefCOCO 1-frame clips) or ``none``.
+        recipe: augmentation (:data:`sgmg.data.sampler.RECIPES`): ``video`` (Ref-YouTube-VOS/MeViS), ``image``
+            (RefCOCO 1-frame clips), ``resize`` or ``none``.
         name: the Ray Train run name (rerunning a name resumes it).
         storage_path: where Ray Train keeps checkpoints: a local folder or ``s3://bucket/prefix``.
         num_workers: training workers (one per GPU with ``use_gpu``).

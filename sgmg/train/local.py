@@ -63,22 +63,24 @@ class ClipStream:
         return max(1, len(self.pairs) // self.cfg.data.batch_size)
 
     def _clip(self, record: Any, exp: Any, rng: np.random.Generator) -> Any:
-        from sgmg.data import transforms
+        from sgmg.data import sampler
 
         data = self.cfg.data
         video = self.reader.load_video(record).sample(exp)
         if video.masks.shape[0] == 0:
             return None
         if data.augment:
-            return transforms.train_clip(video, rng, num_frames=data.num_frames, max_size=data.max_size)
-        video = dataclasses.replace(video, expression=transforms.normalize_caption(video.expression))
-        n = video.frames.shape[0]
-        for _ in range(10):  # redraw the anchor until the object shows, as train_clip does
-            idx = transforms.sample_clip_indices(n, int(rng.integers(n)), data.num_frames, rng, reverse_prob=0.0)
-            clip = transforms.take_frames(video, idx)
-            if clip.valid.any():
-                return transforms.resize_short_side(clip, data.size, data.max_size)
-        return None
+            return sampler.train_clip(video, rng, num_frames=data.num_frames, max_size=data.max_size)
+        return sampler.sample_clip(  # redraw the anchor until the object shows, as train_clip does
+            video.frames.shape[0],
+            lambda idx: sampler.take_frames(video, idx),
+            rng,
+            num_frames=data.num_frames,
+            recipe="resize",
+            reverse_prob=0.0,
+            size=data.size,
+            max_size=data.max_size,
+        )
 
     def batches(self, epoch: int) -> Iterator[ClipBatch]:
         """The batches of one epoch (deterministic in ``(seed, epoch)``)."""
