@@ -42,7 +42,6 @@ import logging
 import pickle
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.ingest_config import IngestConfig, IngestError
+from sgmg.data import rle
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 log = logging.getLogger(__name__)
@@ -126,26 +126,15 @@ def encode_image(frame: np.ndarray, codec: str, quality: int = 90) -> bytes:
 
 def encode_masks(masks: np.ndarray) -> list[bytes]:
     """COCO RLE ``counts`` of bool ``[O, T, H, W]`` masks, flattened ``[O, T]`` row-major."""
-    from pycocotools import mask as mask_utils
-
     o, t, h, w = masks.shape
     if o * t == 0:
         return []
-    stack = np.asfortranarray(masks.reshape(o * t, h, w).transpose(1, 2, 0).astype(np.uint8))  # [H, W, O*T]
-    return [r["counts"] for r in mask_utils.encode(stack)]
+    return [r["counts"] for r in rle.encode(masks.reshape(o * t, h, w))]  # [O*T, H, W]
 
 
 def decode_masks(counts: Sequence[bytes], height: int, width: int) -> np.ndarray:
     """Inverse of :func:`encode_masks` without the reshape: bool ``[N, H, W]``."""
-    from pycocotools import mask as mask_utils
-
-    if len(counts) == 0:
-        return np.zeros((0, height, width), dtype=bool)
-    rles = [{"size": [height, width], "counts": bytes(c)} for c in counts]
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning, harmless
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = mask_utils.decode(rles)  # [H, W, N]
-    return decoded.transpose(2, 0, 1).astype(bool)  # [N, H, W]
+    return rle.decode_counts(counts, height, width)
 
 
 def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -217,20 +217,17 @@ def _pyfunc_model_class() -> type:
         def predict(
             self, context: Any, model_input: list[dict[str, str]], params: dict | None = None
         ) -> list[dict[str, Any]]:  # noqa: ARG002
-            import numpy as np
-            from pycocotools import mask as mask_utils
-
             import sgmg
+            from sgmg.data import rle
 
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
             predictor = sgmg.RVOSPredictor(self.model, sgmg.load_tokenizer(self.model.config.text.tokenizer_source))
             out = []
             for row in rows:
                 pred = predictor.predict(row["video"], row["text"])
-                rles = mask_utils.encode(np.asfortranarray(pred.masks.transpose(1, 2, 0).astype(np.uint8)))
                 out.append(
                     {
-                        "masks": [{"size": r["size"], "counts": r["counts"].decode()} for r in rles],
+                        "masks": [{"size": r["size"], "counts": r["counts"].decode()} for r in rle.encode(pred.masks)],
                         "scores": [float(s) for s in pred.scores],
                     }
                 )
