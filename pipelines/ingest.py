@@ -42,7 +42,6 @@ import logging
 import pickle
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,12 +51,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.ingest_config import IngestConfig, IngestError
+from sgmg.data import rle
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ref-youtube-vos", "ref-davis", "refcoco", "mevis", "videos")
-FRAME_CODECS = ("jpeg", "png")
 SHARD_FORMAT_VERSION = 1
 PLAN_NAME = "_plan.json"
 MANIFEST_NAME = "manifest.json"
@@ -85,64 +84,6 @@ SHARD_SCHEMA = pa.schema(
         ("source", pa.string()),
     ]
 )
-
-
-class IngestError(RuntimeError):
-    """The ingest job cannot start or failed (bad config, conflicting destination, too many bad videos)."""
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """What determines the content of the shards (hashed into ``config_hash``).
-
-    Attributes:
-        source: dataset root URI.
-        dest: output folder URI.
-        format: dataset format, one of :data:`FORMATS`.
-        split: split to ingest.
-        max_side: frames are resized so their longest side is at most this (never upscaled); None keeps the size.
-        shard_size: videos per shard.
-        frame_codec: ``jpeg`` (compact, lossy) or ``png`` (lossless).
-        jpeg_quality: JPEG quality when ``frame_codec`` is ``jpeg``.
-        max_bad_fraction: the job fails when more than this fraction of the videos is quarantined.
-        limit: ingest only the first ``limit`` videos (sorted by id); None for all.
-    """
-
-    source: str
-    dest: str
-    format: str = "ref-youtube-vos"
-    split: str = "train"
-    max_side: int | None = 640
-    shard_size: int = 32
-    frame_codec: str = "jpeg"
-    jpeg_quality: int = 90
-    max_bad_fraction: float = 0.05
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise IngestError(f"unknown --format {self.format!r}; expected one of {', '.join(FORMATS)}")
-        if self.frame_codec not in FRAME_CODECS:
-            raise IngestError(f"unknown frame codec {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}")
-        if self.shard_size < 1:
-            raise IngestError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if self.max_side is not None and self.max_side < 16:
-            raise IngestError(f"--max-side must be >= 16 (or omitted), got {self.max_side}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise IngestError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise IngestError(f"--jpeg-quality must be in [1, 100], got {self.jpeg_quality}")
-
-    def content_key(self) -> dict:
-        """The fields that determine shard contents (``dest`` and the failure threshold do not)."""
-        d = asdict(self)
-        d.pop("dest")
-        d.pop("max_bad_fraction")
-        return d
-
-    def config_hash(self) -> str:
-        """sha256 (16 hex digits) of :meth:`content_key`."""
-        return hashlib.sha256(json.dumps(self.content_key(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -185,26 +126,15 @@ def encode_image(frame: np.ndarray, codec: str, quality: int = 90) -> bytes:
 
 def encode_masks(masks: np.ndarray) -> list[bytes]:
     """COCO RLE ``counts`` of bool ``[O, T, H, W]`` masks, flattened ``[O, T]`` row-major."""
-    from pycocotools import mask as mask_utils
-
     o, t, h, w = masks.shape
     if o * t == 0:
         return []
-    stack = np.asfortranarray(masks.reshape(o * t, h, w).transpose(1, 2, 0).astype(np.uint8))  # [H, W, O*T]
-    return [r["counts"] for r in mask_utils.encode(stack)]
+    return [r["counts"] for r in rle.encode(masks.reshape(o * t, h, w))]  # [O*T, H, W]
 
 
 def decode_masks(counts: Sequence[bytes], height: int, width: int) -> np.ndarray:
     """Inverse of :func:`encode_masks` without the reshape: bool ``[N, H, W]``."""
-    from pycocotools import mask as mask_utils
-
-    if len(counts) == 0:
-        return np.zeros((0, height, width), dtype=bool)
-    rles = [{"size": [height, width], "counts": bytes(c)} for c in counts]
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning, harmless
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = mask_utils.decode(rles)  # [H, W, N]
-    return decoded.transpose(2, 0, 1).astype(bool)  # [N, H, W]
+    return rle.decode_counts(counts, height, width)
 
 
 def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """``sgmg ingest``: a raw dataset (local folder or s3://) -> Parquet shards + manifest, as a Ray Data job.
 
-``configure`` only builds the argument parser (no Ray import); ``run`` starts or joins Ray (``RAY_ADDRESS`` when set,
+``configure`` only builds the argument parser (no Ray import); ``run`` reads the settings (:class:`IngestJob`, through
+:func:`sgmg.config_io.load_config` as every command does), starts or joins Ray (``RAY_ADDRESS`` when set,
 otherwise a local cluster) and calls :func:`pipelines.ingest.run_ingest`. Settings can also come from a YAML file
 (``--config pipelines/configs/ingest.yaml``); flags given on the command line win.
 
@@ -11,26 +12,65 @@ Exit codes: 0 done (or already complete), 1 failed (too many bad videos, conflic
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import dataclass, fields
 
-_FORMATS = ("ref-youtube-vos", "ref-davis", "refcoco", "mevis", "videos")
-_DEFAULTS = {
-    "split": "train",
-    "max_side": 640,
-    "shard_size": 32,
-    "max_bad_fraction": 0.05,
-    "frame_codec": "jpeg",
-    "jpeg_quality": 90,
-    "num_cpus": 1.0,
-}
+from pipelines.ingest_config import FORMATS, IngestConfig, IngestError
+
+_FLAGS = (
+    "source",
+    "dest",
+    "format",
+    "split",
+    "max_side",
+    "shard_size",
+    "max_bad_fraction",
+    "frame_codec",
+    "jpeg_quality",
+    "limit",
+    "parallelism",
+    "num_cpus",
+)
+
+
+@dataclass(frozen=True)
+class IngestJob(IngestConfig):
+    """``sgmg ingest`` settings: the :class:`~pipelines.ingest.IngestConfig` fields (its defaults; ``source``, ``dest``
+    and ``format`` required, ``max_side`` 0 meaning None) plus how the job runs.
+
+    Attributes:
+        parallelism: concurrent shard tasks (None: cluster CPUs / ``num_cpus``).
+        num_cpus: CPUs per shard task.
+    """
+
+    source: str = ""
+    dest: str = ""
+    format: str = ""
+    parallelism: int | None = None
+    num_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ("source", "dest", "format") if not getattr(self, k)]
+        if missing:
+            raise ValueError(
+                "missing " + ", ".join("--" + k for k in missing) + " (on the command line or in --config)"
+            )
+        if self.max_side == 0:
+            object.__setattr__(self, "max_side", None)
+        super().__post_init__()
+
+    def ingest_config(self) -> IngestConfig:
+        """The shard settings alone."""
+        return IngestConfig(**{f.name: getattr(self, f.name) for f in fields(IngestConfig)})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``ingest`` arguments to ``parser``."""
     parser.add_argument("--source", help="dataset root: a folder, file:// or s3://bucket/prefix URI")
     parser.add_argument("--dest", help="output folder for shards and manifest: a folder, file:// or s3:// URI")
-    parser.add_argument("--format", choices=_FORMATS, help="dataset format")
-    parser.add_argument("--split", help=f"split to ingest (default {_DEFAULTS['split']})")
+    parser.add_argument("--format", choices=FORMATS, help="dataset format")
+    parser.add_argument("--split", help="split to ingest (default train)")
     parser.add_argument(
         "--max-side", type=int, help="resize so the longest side is at most this (default 640; 0 keeps)"
     )
@@ -44,62 +84,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with any of the settings above (snake_case keys)")
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    settings = dict(_DEFAULTS)
-    if args.config:
-        import yaml
+def load_job(args: argparse.Namespace) -> IngestJob:
+    """The ``IngestJob`` of ``--config`` (optional) with the flags given on the command line applied over it.
 
-        with open(args.config, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of settings, got {type(loaded).__name__}")
-        known = set(_DEFAULTS) | {"source", "dest", "format", "limit", "parallelism"}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        settings.update(loaded)
-    for key in (
-        "source",
-        "dest",
-        "format",
-        "split",
-        "max_side",
-        "shard_size",
-        "max_bad_fraction",
-        "frame_codec",
-        "jpeg_quality",
-        "limit",
-        "parallelism",
-        "num_cpus",
-    ):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    missing = [k for k in ("source", "dest", "format") if not settings.get(k)]
-    if missing:
-        raise ValueError("missing " + ", ".join("--" + k for k in missing) + " (on the command line or in --config)")
-    if settings["max_side"] in (0, None):
-        settings["max_side"] = None
-    return settings
+    Raises:
+        FileNotFoundError / ValueError: a missing file, a bad or missing value.
+        pipelines.ingest.IngestError: a value :class:`~pipelines.ingest.IngestConfig` refuses.
+    """
+    from sgmg.config_io import load_config
+
+    overrides = [f"{k}={json.dumps(getattr(args, k))}" for k in _FLAGS if getattr(args, k, None) is not None]
+    return load_config(IngestJob, args.config, overrides, "ingest config")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ingest job; returns the exit code."""
-    try:
-        settings = _settings(args)
-    except (OSError, ValueError) as err:
-        print(f"sgmg ingest: {err}", file=sys.stderr)
-        return 2
-
-    from pipelines.ingest import IngestConfig, IngestError, check_source, run_ingest
+    from pipelines.ingest import check_source, run_ingest
     from pipelines.storage import StorageError
 
-    parallelism = settings.pop("parallelism", None)
-    num_cpus = float(settings.pop("num_cpus"))
     try:
-        cfg = IngestConfig(**settings)
+        job = load_job(args)
+        cfg = job.ingest_config()
         check_source(cfg)  # before Ray starts (seconds): a missing source is reported at once
-    except IngestError as err:
+    except (OSError, ValueError, IngestError) as err:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 2
 
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with ray_session(include_dashboard=False, log_to_driver=False):
-            run_ingest(cfg, parallelism=parallelism, num_cpus=num_cpus, printer=lambda m: print(m, flush=True))
+            run_ingest(cfg, parallelism=job.parallelism, num_cpus=job.num_cpus, printer=lambda m: print(m, flush=True))
     except (IngestError, StorageError) as err:
         print(f"sgmg ingest: {err}", file=sys.stderr)
         return 1

@@ -9,11 +9,10 @@ Pipeline (all lazy and streaming)::
 
 ``sample_clips`` expands each video row to its (video, expression) samples, and each sample to its clips: with
 ``anchored=True`` (the official Ref-YouTube-VOS recipe) one clip per anchor frame ``0, T, 2T, ...`` per epoch,
-otherwise one clip at a random anchor. Clip frame indices come from ``sgmg.data.transforms.sample_clip_indices``
-and use the stored per-frame visibility, so only the frames and masks of the chosen clip are decoded; the clip is
-then augmented with ``augment_video`` / ``augment_image`` (or not at all with ``recipe="none"``). A clip whose
-referred object is invisible after augmentation is redrawn (random anchor) up to ``max_tries`` times, like
-``sgmg.data.transforms.train_clip``.
+otherwise one clip at a random anchor. Clips are drawn by ``sgmg.data.sampler.sample_clip`` (the sampler of every
+data path) with the stored per-frame visibility, so only the frames and masks of the chosen clip are decoded; the
+clip is then augmented by its ``recipe`` (or not at all with ``recipe="none"``). A clip whose referred object is
+invisible after augmentation is redrawn (random anchor) up to ``max_tries`` times.
 
 Randomness is seeded per clip from ``(seed, epoch, video_id, exp_id, anchor)``, so a run is reproducible whatever the
 number of workers, blocks or tasks. ``epochs=E`` emits E passes in one stream (each clip row has its ``epoch`` in
@@ -26,16 +25,15 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import ingest
+from sgmg.data.sampler import RECIPES
 from sgmg.data.schema import ClipBatch, ClipSample
-
-RECIPES = ("video", "image", "none")
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,9 @@ class ClipConfig:
 
     Attributes:
         num_frames: frames per clip (SgMg trains with 5).
-        recipe: ``video`` (Ref-YouTube-VOS/MeViS/DAVIS augmentation), ``image`` (RefCOCO 1-frame clips) or ``none``
-            (no augmentation: frames and masks exactly as stored; for tests and evaluation-style streams).
+        recipe: one of :data:`sgmg.data.sampler.RECIPES`: ``video`` (Ref-YouTube-VOS/MeViS/DAVIS augmentation),
+            ``image`` (RefCOCO 1-frame clips), ``resize`` or ``none`` (no augmentation: frames and masks exactly as
+            stored; for tests and evaluation-style streams).
         seed: base seed; None for fresh randomness on every pass.
         epochs: passes over the samples emitted by one iteration of the dataset.
         anchored: one clip per anchor frame ``0, num_frames, 2*num_frames, ...`` (official), else one per sample.
@@ -78,8 +77,9 @@ def _rng(cfg: ClipConfig, epoch: int, video_id: str, exp_id: str, anchor: int) -
 
 
 def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) -> ClipSample | None:
-    """One clip of ``(row, exp)`` around ``anchor``; None when the object is not visible in any try."""
-    from sgmg.data.transforms import augment_image, augment_video, normalize_caption, sample_clip_indices
+    """One clip of ``(row, exp)`` around ``anchor`` (:func:`sgmg.data.sampler.sample_clip`, decoding only the frames
+    it needs); None when the object is not visible in any try."""
+    from sgmg.data.sampler import sample_clip
 
     n = len(row["frame_ids"])
     obj_ids = [int(o) for o in row["obj_ids"]]
@@ -88,22 +88,13 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
     visible = visible_all[pick].any(0) if pick else np.zeros(n, dtype=bool)  # [T]
     if not visible.any():
         return None
-    rng = _rng(cfg, epoch, row["video_id"], exp.exp_id, anchor)
-    for attempt in range(cfg.max_tries):
-        a = anchor if attempt == 0 else int(rng.integers(n))
-        if cfg.recipe == "image":
-            idx = [a] * cfg.num_frames
-        else:
-            idx = sample_clip_indices(n, a, cfg.num_frames, rng, cfg.reverse_prob)
-        if not visible[idx].any():
-            continue
+
+    def load(idx: list[int]) -> ClipSample:
         uniq = sorted(set(idx))
         pos = [uniq.index(i) for i in idx]
-        frames = ingest.decode_frames(row["frames"], uniq)[pos]  # [t, H, W, 3]
-        masks = ingest.row_masks(row, exp.obj_ids, uniq)[:, pos]  # [O, t, H, W]
-        clip = ClipSample(
-            frames=frames,
-            masks=masks,
+        return ClipSample(
+            frames=ingest.decode_frames(row["frames"], uniq)[pos],  # [t, H, W, 3]
+            masks=ingest.row_masks(row, exp.obj_ids, uniq)[:, pos],  # [O, t, H, W]
             expression=exp.text,
             video_id=row["video_id"],
             exp_id=exp.exp_id,
@@ -117,18 +108,24 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
                 "frame_indices": idx,
             },
         )
-        if cfg.recipe == "none":
-            return clip
-        clip = replace(clip, expression=normalize_caption(clip.expression))
-        clip = augment_video(clip, rng, cfg.max_size) if cfg.recipe == "video" else augment_image(clip, rng)
-        if clip.valid.any():
-            return clip
-    return None
+
+    return sample_clip(
+        n,
+        load,
+        _rng(cfg, epoch, row["video_id"], exp.exp_id, anchor),
+        num_frames=cfg.num_frames,
+        recipe=cfg.recipe,
+        anchor=anchor,
+        visible=visible,
+        max_tries=cfg.max_tries,
+        reverse_prob=cfg.reverse_prob,
+        max_size=cfg.max_size,
+    )
 
 
 def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
     """Every clip of one shard row (a video): per epoch, per expression with ground truth, per anchor."""
-    from sgmg.data.transforms import clip_anchors
+    from sgmg.data.sampler import clip_anchors
 
     if not row["has_gt"]:
         return

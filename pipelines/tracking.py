@@ -50,14 +50,9 @@ def default_tracking_uri(work_dir: str | os.PathLike = ".") -> str:
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"optim": {"lr": 1e-4}}`` -> ``{"optim.lr": "0.0001"}`` (MLflow params are flat strings)."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out |= flatten_params(value, name + ".")
-        else:
-            out[name] = str(value)[:_MAX_PARAM_CHARS]
-    return out
+    from sgmg.config_io import flatten
+
+    return {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(tree, prefix, keep_empty=True).items()}
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
@@ -230,20 +225,17 @@ def _pyfunc_model_class() -> type:
         def predict(
             self, context: Any, model_input: list[dict[str, str]], params: dict | None = None
         ) -> list[dict[str, Any]]:  # noqa: ARG002
-            import numpy as np
-            from pycocotools import mask as mask_utils
-
             import sgmg
+            from sgmg.data import rle
 
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
             predictor = sgmg.RVOSPredictor(self.model, sgmg.load_tokenizer(self.model.config.text.tokenizer_source))
             out = []
             for row in rows:
                 pred = predictor.predict(row["video"], row["text"])
-                rles = mask_utils.encode(np.asfortranarray(pred.masks.transpose(1, 2, 0).astype(np.uint8)))
                 out.append(
                     {
-                        "masks": [{"size": r["size"], "counts": r["counts"].decode()} for r in rles],
+                        "masks": [{"size": r["size"], "counts": r["counts"].decode()} for r in rle.encode(pred.masks)],
                         "scores": [float(s) for s in pred.scores],
                     }
                 )

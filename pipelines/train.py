@@ -1,14 +1,15 @@
 """Distributed training on Ray Train: ``sgmg train --config job.yaml [key=value ...]`` (without ``--local``).
 
 One ``TorchTrainer`` run: ``num_workers`` workers (one per GPU with ``use_gpu``; DDP over NCCL, or gloo on CPU) each
-train :func:`sgmg.train.step.train_step` on its split of the clip stream of an ingest (``pipelines.stream``: Ray Data
-reads, decodes and augments on the cluster's CPUs and feeds every worker through ``get_dataset_shard`` +
-``iter_torch_batches`` with prefetch). Everything else is the local trainer's: the same :class:`TrainConfig`
-(``train:`` section: model, loss, optim, max_steps, accumulation, precision, ...), the same checkpoint layout.
+run the training recipe of ``sgmg train --local`` (:class:`sgmg.train.trainer.Trainer`) on its split of the clip
+stream of an ingest (``pipelines.stream``: Ray Data reads, decodes and augments on the cluster's CPUs and feeds every
+worker through ``get_dataset_shard`` + ``iter_torch_batches`` with prefetch). Everything else is the local trainer's:
+the same :class:`TrainConfig` (``train:`` section: model, loss, optim, max_steps, accumulation, precision, ...), the
+same checkpoint layout.
 
 Checkpoints: every ``train.checkpoint_every`` optimizer steps rank 0 writes a training checkpoint
-(``sgmg.train.local.save_training_checkpoint``: model safetensors + config, optimizer, scheduler, counters, the MLflow
-run id) and reports it to Ray Train, which stores it under ``storage_path/name/`` (a local folder or ``s3://``, the
+(:mod:`sgmg.train.checkpoint`: model safetensors + config, optimizer, scheduler, counters, the MLflow run id) and
+reports it to Ray Train, which stores it under ``storage_path/name/`` (a local folder or ``s3://``, the
 S3 endpoint from ``AWS_ENDPOINT_URL``) and keeps the newest ``train.keep_checkpoints``. Every rank calls
 ``ray.train.report`` at the same steps (it is a barrier).
 
@@ -37,14 +38,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgmg.train.config import TrainConfig, require
-
-RECIPES = ("video", "image", "none")
+from sgmg.config_io import require
+from sgmg.data.sampler import RECIPES
+from sgmg.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class RayTrainJob:
         shards: the output folder/URI of ``sgmg ingest`` to train on.
         train: the training run (``TrainConfig``: model, loss, optim, steps, ...; ``data.batch_size`` is per worker;
             ``output_dir`` and ``device`` are not used: checkpoints go to ``storage_path/name``, devices come from Ray).
-        recipe: augmentation: ``video`` (Ref-YouTube-VOS/MeViS), ``image`` (RefCOCO 1-frame clips) or ``none``.
+        recipe: augmentation (:data:`sgmg.data.sampler.RECIPES`): ``video`` (Ref-YouTube-VOS/MeViS), ``image``
+            (RefCOCO 1-frame clips), ``resize`` or ``none``.
         name: the Ray Train run name (rerunning a name resumes it).
         storage_path: where Ray Train keeps checkpoints: a local folder or ``s3://bucket/prefix``.
         num_workers: training workers (one per GPU with ``use_gpu``).
@@ -125,14 +127,14 @@ def load_job(path: str | Path | None, overrides: Sequence[str] = ()) -> RayTrain
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file and dotted key of a bad value.
     """
-    from sgmg.train.config import load_config
+    from sgmg.config_io import load_config
 
     return load_config(RayTrainJob, path, overrides, "training job config")
 
 
 def job_from_dict(data: dict[str, Any]) -> RayTrainJob:
     """Inverse of ``dataclasses.asdict(job)`` (what the workers receive)."""
-    from sgmg.train.config import from_dict
+    from sgmg.config_io import from_dict
 
     return from_dict(RayTrainJob, data)
 
@@ -147,23 +149,18 @@ def steps_per_epoch(num_samples: int, job: RayTrainJob) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function (see the module docstring); ``config = {"job": asdict(job), ...}``."""
+    """The Ray Train worker function (see the module docstring); ``config = {"job": asdict(job), ...}``.
+
+    The loop is :class:`sgmg.train.trainer.Trainer`'s; this function feeds it the worker's dataset shard and supplies
+    the hooks: MLflow logging (rank 0), validation (rank 0) and ``ray.train.report`` with a checkpoint (every rank).
+    """
     import ray.train
     import ray.train.torch
     import torch
 
-    from pipelines import ingest, stream, tracking
+    from pipelines import tracking
     from sgmg.data.tokenizer import load_tokenizer
-    from sgmg.train.local import (
-        amp_settings,
-        build_criterion,
-        build_training_model,
-        load_training_checkpoint,
-        save_training_checkpoint,
-    )
-    from sgmg.train.optim import build_optimizer
-    from sgmg.train.schedule import build_scheduler
-    from sgmg.train.step import NonFiniteGuard, train_step
+    from sgmg.train.trainer import StepInfo, Trainer, TrainerHooks, build_training_model
 
     job = job_from_dict(config["job"])
     cfg = job.train
@@ -171,25 +168,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
-    amp_dtype, use_scaler = amp_settings(cfg.precision, device)
     checkpoint = ray.train.get_checkpoint()
     # when resuming, the weights come from the checkpoint: do not load init_from
     model = build_training_model(dataclasses.replace(cfg, init_from=None) if checkpoint else cfg).to(device)
-    criterion = build_criterion(cfg.loss)
-    optimizer = build_optimizer(model, cfg.optim, world_size=world)
-    scheduler = build_scheduler(optimizer, cfg.optim, int(config["steps_per_epoch"]))
-    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-    guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
-    step, epoch, run_id = 0, 0, None
+    trainer = Trainer(cfg, model, device=device, steps_per_epoch=int(config["steps_per_epoch"]), world_size=world)
+    run_id = None
     if checkpoint is not None:
         # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
         # optimizer.pt while another was still writing it (seen here as a corrupt-zip error on resume)
         with tempfile.TemporaryDirectory(prefix=f"sgmg-resume-rank{rank}-") as folder:
             checkpoint.to_directory(folder)
-            state = load_training_checkpoint(
-                Path(folder), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, guard=guard
-            )
-        step, epoch, run_id = int(state["step"]), int(state["epoch"]), state.get("mlflow_run_id")
+            run_id = trainer.resume(Path(folder)).get("mlflow_run_id")
     tracker = tracking.RunTracker(
         job.tracking.tracking_uri if rank == 0 and job.tracking.enabled else None,
         job.tracking.experiment,
@@ -198,145 +187,142 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         params={"job": config["job"], "world_size": world},
         tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards},
     )
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    if world > 1:
+        trainer.train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source)
-    shard = ray.train.get_dataset_shard("train")
 
-    def validate() -> dict[str, float]:
-        """Mean J, F, J&F and loss over the validation clips, on rank 0 alone (the others wait at the report).
+    def row_of(info: StepInfo) -> dict[str, float]:
+        metrics = info.metrics
+        row = {"step": info.step, "epoch": info.epoch, "loss": metrics.loss, "lr": metrics.lr}
+        row |= {f"loss/{k}": v for k, v in metrics.terms.items()}
+        if metrics.grad_norm is not None:
+            row["grad_norm"] = metrics.grad_norm
+        if info.window is not None:
+            row["clips_per_s"] = info.window.clips * world / info.window.seconds  # all workers: equal batches each
+            row["nonfinite_total"] = trainer.guard.total
+        return row
 
-        Read straight from the shards in this process (held-out sets are small): no second Ray Data execution
-        competing for CPU slots with the training stream, and the same clips every time. The loss is computed
-        without the criterion's all-reduce of ``num_boxes``, which would wait forever for the other ranks.
-        """
+    def log(info: StepInfo) -> None:
+        row = row_of(info)
+        tracker.log_metrics(row, info.step)
+        if rank == 0:
+            print(
+                f"[train] step {info.step}/{cfg.max_steps} epoch {info.epoch} loss {info.metrics.loss:.4f} "
+                f"lr {info.metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
+                flush=True,
+            )
+
+    def validate(info: StepInfo) -> dict[str, float]:
         if rank != 0 or not job.val_shards:
             return {}
-        from sgmg.data.collate import collate_clips
-        from sgmg.train.step import validation_step
+        val = validation_metrics(job, model, tokenizer, device)
+        tracker.log_metrics(val, info.step)
+        print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
+        return val
 
-        per_video, losses, pending = [], [], []
-        local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)  # no all-reduce: rank 0 alone
-        val_cfg = stream.ClipConfig(
-            num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
-        )
-
-        def flush() -> None:
-            batch = collate_clips(pending, tokenizer, pad_multiple=32).to(device)
-            m = validation_step(model, batch, local_criterion)
-            per_video.extend(m.per_video)
-            losses.append(m.loss)
-            pending.clear()
-
-        for row in ingest.iter_rows(ingest.row_ranges(job.val_shards), stream.CLIP_COLUMNS):
-            for clip in stream.clips_of_row(row, val_cfg):
-                pending.append(clip)
-                if len(pending) == cfg.data.batch_size:
-                    flush()
-        if pending:
-            flush()
-        if not per_video:
-            raise ValueError(f"the validation ingest {job.val_shards} gave no clip with ground truth")
-        j = sum(x for x, _ in per_video) / len(per_video)
-        f = sum(y for _, y in per_video) / len(per_video)
-        return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum(losses) / len(losses)}
-
-    def report(metrics: dict[str, float], final: bool) -> None:
+    def report(info: StepInfo, val: dict[str, float]) -> None:
         """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+        metrics = row_of(info) | val
         if rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="sgmg-ckpt-") as tmp:
-            path = save_training_checkpoint(
-                tmp,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                guard=guard,
-                step=step,
-                epoch=epoch,
-                cfg=cfg,
-                keep=1,
-                extra_state={"mlflow_run_id": tracker.run_id, "world_size": world},
-            )
-            if final:
+            path = trainer.save(tmp, keep=1, extra_state={"mlflow_run_id": tracker.run_id, "world_size": world})
+            if info.final:
                 tracker.log_artifacts(path, "checkpoint")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
 
     if rank == 0:
         print(
-            f"[train] {cfg.model} on {world} x {device} ({amp_dtype or 'fp32'}), steps {step}->{cfg.max_steps}"
-            + (f", resumed at epoch {epoch}" if checkpoint else ""),
+            f"[train] {cfg.model} on {world} x {device} ({trainer.amp_dtype or 'fp32'}), "
+            f"steps {trainer.step}->{cfg.max_steps}" + (f", resumed at epoch {trainer.epoch}" if checkpoint else ""),
             flush=True,
         )
-    micro, window_start, window_clips = 0, time.perf_counter(), 0
     status = "FAILED"
     try:
-        while step < cfg.max_steps:
-            produced = False
-            for batch in stream.iter_clip_batches(
-                shard,
-                batch_size=cfg.data.batch_size,
-                tokenizer=tokenizer,
-                prefetch_batches=2,
-                drop_last=True,  # equal step counts on every worker (the split is equal too)
-                local_shuffle_buffer_size=job.shuffle_buffer or None,
-            ):
-                produced = True
-                batch = batch.to(device)
-                metrics = train_step(
-                    ddp_model,
-                    criterion,
-                    batch,
-                    optimizer,
-                    scaler=scaler,
-                    accum_steps=cfg.accum_steps,
-                    step_index=micro,
-                    clip_max_norm=cfg.optim.clip_max_norm,
-                    amp_dtype=amp_dtype,
-                    nonfinite=guard,
-                )
-                micro += 1
-                window_clips += batch.video.shape[0]
-                if micro % cfg.accum_steps:
-                    continue
-                step += 1
-                scheduler.step()
-                row = {"step": step, "epoch": epoch, "loss": metrics.loss, "lr": metrics.lr}
-                row |= {f"loss/{k}": v for k, v in metrics.terms.items()}
-                if metrics.grad_norm is not None:
-                    row["grad_norm"] = metrics.grad_norm
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    row["clips_per_s"] = window_clips * world / elapsed  # all workers: equal batches each
-                    row["nonfinite_total"] = guard.total
-                    tracker.log_metrics(row, step)
-                    if rank == 0:
-                        print(
-                            f"[train] step {step}/{cfg.max_steps} epoch {epoch} loss {metrics.loss:.4f} "
-                            f"lr {metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
-                            flush=True,
-                        )
-                    window_start, window_clips = time.perf_counter(), 0
-                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                    val = validate()
-                    if val:
-                        tracker.log_metrics(val, step)
-                        if rank == 0:
-                            print(f"[train] step {step} validation J&F {val['val_jf']:.4f}", flush=True)
-                    report(row | val, final=step == cfg.max_steps)
-                if step >= cfg.max_steps:
-                    break
-            if not produced:
-                raise ValueError(
-                    f"an epoch of {job.shards} gave worker {rank} no full batch of {cfg.data.batch_size} clips; "
-                    "use a smaller train.data.batch_size or fewer workers"
-                )
-            if step < cfg.max_steps:
-                epoch += 1
+        trainer.fit(
+            shard_epochs(job, tokenizer, rank, trainer.epoch),
+            TrainerHooks(log=log, validate=validate, checkpoint=report),
+        )
         status = "FINISHED"
     finally:
         tracker.finish(status)
+
+
+def shard_epochs(job: RayTrainJob, tokenizer: Any, rank: int, start_epoch: int) -> Iterator[tuple[int, Any]]:
+    """``(epoch, ClipBatch)`` pairs of this worker's split of the clip stream, epoch after epoch.
+
+    Raises:
+        ValueError: if an epoch gives this worker no full batch.
+    """
+    import ray.train
+
+    from pipelines import stream
+
+    shard = ray.train.get_dataset_shard("train")
+    epoch = start_epoch
+    while True:
+        produced = False
+        for batch in stream.iter_clip_batches(
+            shard,
+            batch_size=job.train.data.batch_size,
+            tokenizer=tokenizer,
+            prefetch_batches=2,
+            drop_last=True,  # equal step counts on every worker (the split is equal too)
+            local_shuffle_buffer_size=job.shuffle_buffer or None,
+        ):
+            produced = True
+            yield epoch, batch
+        if not produced:
+            raise ValueError(
+                f"an epoch of {job.shards} gave worker {rank} no full batch of {job.train.data.batch_size} clips; "
+                "use a smaller train.data.batch_size or fewer workers"
+            )
+        epoch += 1
+
+
+def validation_metrics(job: RayTrainJob, model: Any, tokenizer: Any, device: Any) -> dict[str, float]:
+    """Mean J, F, J&F and loss over the validation clips of ``job.val_shards`` (rank 0 alone; the others wait at the
+    report).
+
+    Read straight from the shards in this process (held-out sets are small): no second Ray Data execution
+    competing for CPU slots with the training stream, and the same clips every time. The loss is computed
+    without the criterion's all-reduce of ``num_boxes``, which would wait forever for the other ranks.
+
+    Raises:
+        ValueError: the validation ingest gave no clip with ground truth.
+    """
+    from pipelines import ingest, stream
+    from sgmg.data.collate import collate_clips
+    from sgmg.loss.criterion import build_criterion
+    from sgmg.train.step import validation_step
+
+    cfg = job.train
+    per_video, losses, pending = [], [], []
+    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)  # no all-reduce: rank 0 alone
+    val_cfg = stream.ClipConfig(
+        num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
+    )
+
+    def flush() -> None:
+        batch = collate_clips(pending, tokenizer, pad_multiple=32).to(device)
+        m = validation_step(model, batch, local_criterion)
+        per_video.extend(m.per_video)
+        losses.append(m.loss)
+        pending.clear()
+
+    for row in ingest.iter_rows(ingest.row_ranges(job.val_shards), stream.CLIP_COLUMNS):
+        for clip in stream.clips_of_row(row, val_cfg):
+            pending.append(clip)
+            if len(pending) == cfg.data.batch_size:
+                flush()
+    if pending:
+        flush()
+    if not per_video:
+        raise ValueError(f"the validation ingest {job.val_shards} gave no clip with ground truth")
+    j = sum(x for x, _ in per_video) / len(per_video)
+    f = sum(y for _, y in per_video) / len(per_video)
+    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum(losses) / len(losses)}
 
 
 def prepare_tracking(job: RayTrainJob) -> RayTrainJob:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.train import RayTrainJob, prepare_tracking, register_run
-from sgmg.train.config import ConfigValueError, require
+from sgmg.config_io import ConfigValueError, require
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
 
@@ -133,7 +133,7 @@ def load_sweep(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepC
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file and dotted key of a bad value.
     """
-    from sgmg.train.config import load_config
+    from sgmg.config_io import load_config
 
     return load_config(SweepConfig, path, overrides, "sweep config")
 
@@ -178,18 +178,14 @@ def trial_job(base: dict[str, Any], params: dict[str, Any], name: str) -> RayTra
     import copy
 
     from pipelines.train import job_from_dict
+    from sgmg.config_io import set_dotted
 
     data = copy.deepcopy(base)
     for key, value in params.items():
-        *path, last = key.split(".")
-        node = data
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"space key {key!r}: {part!r} is not a section of the job")
-            node = node[part]
-        if last not in node:
-            raise ValueError(f"space key {key!r}: {last!r} is not a field of the job")
-        node[last] = value
+        try:
+            set_dotted(data, key, value, create=False, what="the job")
+        except ValueError as err:
+            raise ValueError(f"space key {key!r}: {err}") from None
     return dataclasses.replace(job_from_dict(data), name=name)
 
 

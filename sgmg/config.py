@@ -10,10 +10,10 @@ Video Object Segmentation", ICCV 2023; github.com/bo-miao/SgMg, flags ``--with_b
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from sgmg.config_io import from_dict, set_dotted
 
 # roberta-base's architecture (transformers' RobertaConfig values), so the text encoder builds offline.
 ROBERTA_BASE_CONFIG: dict[str, Any] = {
@@ -229,38 +229,13 @@ class SgMgConfig:
             raise ValueError(f"text_proj_dropout must be in [0, 1), got {self.text_proj_dropout}")
 
 
-def _coerce(tp: Any, value: Any) -> Any:
-    """Turn a JSON value back into the annotated dataclass field type (nested dataclasses, tuples)."""
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return _from_dict(tp, value)
-    origin = typing.get_origin(tp)
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            if value is not None:
-                return _coerce(arg, value)
-    return value
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
-    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
-
-
 def config_from_dict(data: dict[str, Any]) -> SgMgConfig:
     """Rebuild an :class:`SgMgConfig` from ``dataclasses.asdict(config)`` (e.g. read back from JSON).
 
     Raises:
         ValueError: on unknown fields or invalid values.
     """
-    return _from_dict(SgMgConfig, data)
+    return from_dict(SgMgConfig, data)
 
 
 def replace_nested(config: SgMgConfig, **overrides: Any) -> SgMgConfig:
@@ -273,13 +248,9 @@ def replace_nested(config: SgMgConfig, **overrides: Any) -> SgMgConfig:
     """
     data = dataclasses.asdict(config)
     for key, value in overrides.items():
-        parts = key.split(".")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"override {key!r}: {part!r} is not a config section of SgMgConfig")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"override {key!r}: unknown field {parts[-1]!r}; valid: {sorted(node)}")
-        node[parts[-1]] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        try:
+            set_dotted(data, key, value, create=False, what="SgMgConfig")
+        except ValueError as err:
+            raise ValueError(f"override {key!r}: {err}") from None
     return config_from_dict(data)

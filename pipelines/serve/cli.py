@@ -62,7 +62,7 @@ def load_serve_config(
         ValueError: a bad key or value, naming it and whether it came from the file or an override.
     """
     from pipelines.serve.settings import IMPORT_PATH, SettingsError, check_serve_config
-    from sgmg.train.config import apply_overrides
+    from sgmg.config_io import apply_overrides
 
     path = Path(path)
     if not path.is_file():

@@ -8,8 +8,8 @@ import zipfile
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from sgmg.data import rle
 from sgmg.eval.common import binary_png_bytes
 
 
@@ -23,21 +23,20 @@ def mask_box(mask: np.ndarray) -> list[int] | None:
 
 def encode_frames(masks: np.ndarray, scores: np.ndarray, first_index: int) -> list[dict[str, Any]]:
     """bool ``[t, H, W]`` masks and ``[t]`` scores -> the JSON frames ``{"index", "score", "box", "mask"}``."""
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     return [
         {
             "index": first_index + i,
             "score": float(score),
             "box": mask_box(mask),
-            "mask": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "mask": json_rle,
         }
-        for i, (mask, score, rle) in enumerate(zip(masks, scores, rles, strict=True))
+        for i, (mask, score, json_rle) in enumerate(zip(masks, scores, rle.encode_json(masks), strict=True))
     ]
 
 
 def decode_rle(mask: dict[str, Any]) -> np.ndarray:
     """A JSON mask ``{"size": [H, W], "counts": str}`` -> bool ``[H, W]``."""
-    return mask_utils.decode({"size": mask["size"], "counts": mask["counts"].encode("ascii")}).astype(bool)
+    return rle.decode({"size": mask["size"], "counts": mask["counts"].encode("ascii")})
 
 
 class PngZipWriter:

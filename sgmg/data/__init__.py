@@ -32,9 +32,9 @@ _LAZY: dict[str, str] = {
     "detect_format": "sgmg.data.datasets",
     "open_dataset": "sgmg.data.datasets",
     "resize_short_side": "sgmg.data.transforms",
-    "sample_clip_indices": "sgmg.data.transforms",
+    "sample_clip_indices": "sgmg.data.sampler",
     "sample_to_arrays": "sgmg.data.collate",
-    "train_clip": "sgmg.data.transforms",
+    "train_clip": "sgmg.data.sampler",
     "validate_dataset": "sgmg.data.validate",
     "write_synthetic_dataset": "sgmg.data.synthetic",
 }

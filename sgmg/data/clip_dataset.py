@@ -3,7 +3,7 @@
 Items are the official sampler's ``(video, expression, anchor)`` triples (anchors every ``num_frames`` frames). An item
 decodes only the frames its clip needs, then augments them; when the referred object is invisible in the augmented clip,
 another item is drawn at random, as the official Ref-YouTube-VOS dataset does. Deterministic for a given
-``(seed, epoch, index)``. The Ray pipeline does the same work in ``pipelines/stream.py`` over preprocessed shards.
+``(seed, epoch, index)``. Clips are drawn by :func:`sgmg.data.sampler.sample_clip`, as in the Ray pipeline.
 """
 
 from __future__ import annotations
@@ -14,20 +14,9 @@ import numpy as np
 import torch
 
 from sgmg.data.datasets.base import DatasetReader
+from sgmg.data.sampler import RECIPES, clip_anchors, sample_clip
 from sgmg.data.schema import ClipSample, VideoRecord
-from sgmg.data.transforms import (
-    EVAL_SHORT_SIDE,
-    REVERSE_PROB,
-    VIDEO_MAX_SIZE,
-    augment_image,
-    augment_video,
-    clip_anchors,
-    normalize_caption,
-    resize_short_side,
-    sample_clip_indices,
-)
-
-RECIPES = ("video", "image", "resize")
+from sgmg.data.transforms import EVAL_SHORT_SIDE, REVERSE_PROB, VIDEO_MAX_SIZE
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -36,8 +25,9 @@ class ClipDataset(torch.utils.data.Dataset):
     Args:
         reader: an opened split (``sgmg.data.open_dataset(...)``) with ground truth.
         num_frames: frames per clip.
-        recipe: ``"video"`` (official video augmentation), ``"image"`` (RefCOCO recipe) or ``"resize"`` (no
-            augmentation: short side ``size``, long side at most ``max_size``; quick CPU runs).
+        recipe: one of :data:`sgmg.data.sampler.RECIPES`: ``"video"`` (official video augmentation), ``"image"``
+            (RefCOCO recipe), ``"resize"`` (no augmentation: short side ``size``, long side at most ``max_size``; quick
+            CPU runs) or ``"none"``.
         seed: base seed; item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i, attempt])``.
         size: short side of the ``"resize"`` recipe.
         max_size: cap on the long side.
@@ -91,32 +81,31 @@ class ClipDataset(torch.utils.data.Dataset):
     def _try(self, index: int, rng: np.random.Generator) -> ClipSample | None:
         r, e, anchor = self.items[index]
         record, exp = self.records[r], self.records[r].expressions[e]
-        n = len(record.frame_ids)
-        if self.recipe == "image":
-            idx = [anchor] * self.num_frames
-        else:
-            idx = sample_clip_indices(n, anchor, self.num_frames, rng, self.reverse_prob)
-        uniq = sorted(set(idx))
-        video = self.reader.load_video(record, frame_indices=uniq)
-        pos = [uniq.index(i) for i in idx]
-        sample = video.sample(exp)
-        clip = replace(
-            sample,
-            frames=sample.frames[pos],
-            masks=sample.masks[:, pos],
-            frame_ids=[record.frame_ids[i] for i in idx],
-            expression=normalize_caption(sample.expression),
-            meta={**sample.meta, "frame_indices": idx, "epoch": self.epoch},
+
+        def load(idx: list[int]) -> ClipSample:
+            uniq = sorted(set(idx))
+            sample = self.reader.load_video(record, frame_indices=uniq).sample(exp)
+            pos = [uniq.index(i) for i in idx]
+            return replace(
+                sample,
+                frames=sample.frames[pos],
+                masks=sample.masks[:, pos],
+                frame_ids=[record.frame_ids[i] for i in idx],
+                meta={**sample.meta, "frame_indices": idx, "epoch": self.epoch},
+            )
+
+        return sample_clip(
+            len(record.frame_ids),
+            load,
+            rng,
+            num_frames=self.num_frames,
+            recipe=self.recipe,
+            anchor=anchor,
+            max_tries=1,
+            reverse_prob=self.reverse_prob,
+            size=self.size,
+            max_size=self.max_size,
         )
-        if not clip.valid.any():
-            return None
-        if self.recipe == "video":
-            clip = augment_video(clip, rng, self.max_size)
-        elif self.recipe == "image":
-            clip = augment_image(clip, rng)
-        else:
-            clip = resize_short_side(clip, self.size, self.max_size)
-        return clip if clip.valid.any() else None
 
     def __getitem__(self, index: int) -> ClipSample:
         """The augmented clip of item ``index`` (or of a random other item when that one shows no object)."""

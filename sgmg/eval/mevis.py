@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sgmg.data import rle as rle_codec
 from sgmg.eval.common import EvalInputError, EvalResult, foreground, raise_if_missing, stack_label_pngs
 from sgmg.eval.metrics import f_measure, jaccard
 
@@ -28,19 +29,11 @@ _MISSING_SHOWN = 10
 
 
 def decode_rle(rle: dict, where: str) -> np.ndarray:
-    """bool ``[H, W]`` of a COCO RLE (compressed ``counts`` as str/bytes, or uncompressed list), via pycocotools."""
-    from pycocotools import mask as mask_utils
-
+    """bool ``[H, W]`` of a COCO RLE (:func:`sgmg.data.rle.decode`), an :class:`EvalInputError` naming ``where``."""
     try:
-        rle = dict(rle)
-        if isinstance(rle["counts"], list):
-            height, width = rle["size"]
-            rle = mask_utils.frPyObjects(rle, height, width)
-        elif isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        return mask_utils.decode(rle).astype(bool)
-    except Exception as err:  # pycocotools raises assorted types on malformed input
-        raise EvalInputError(f"{where}: not a valid COCO RLE ({err})") from err
+        return rle_codec.decode(rle)
+    except ValueError as err:
+        raise EvalInputError(f"{where}: {err}") from err
 
 
 def _read_json(path: Path) -> object:

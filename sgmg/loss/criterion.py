@@ -32,6 +32,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from sgmg.data.schema import VideoTarget
 from sgmg.loss.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from sgmg.loss.config import LossConfig
 from sgmg.loss.matcher import InstanceSequenceMatcher, VideoMatch, fit_masks, subsample_stride2
 from sgmg.model.outputs import LayerOutput, SgMgOutput
 
@@ -288,3 +289,35 @@ class SgMgCriterion(nn.Module):
             mask_low=mask_low / num_boxes,
             dice_low=dice_low / num_boxes,
         )
+
+
+def build_criterion(
+    cfg: LossConfig, reduce_num_boxes: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> SgMgCriterion:
+    """The matcher and criterion of a :class:`~sgmg.loss.config.LossConfig`.
+
+    ``reduce_num_boxes``: see :class:`SgMgCriterion` (default: the all-reduce over data-parallel workers; pass an
+    identity for a loss computed by one rank alone, e.g. validation on rank 0, which would otherwise wait forever).
+    """
+    matcher = InstanceSequenceMatcher(
+        cost_class=cfg.cost_class,
+        cost_bbox=cfg.cost_bbox,
+        cost_giou=cfg.cost_giou,
+        cost_mask=cfg.cost_mask,
+        cost_dice=cfg.cost_dice,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
+    return SgMgCriterion(
+        matcher=matcher,
+        weight_score=cfg.weight_score,
+        weight_bbox=cfg.weight_bbox,
+        weight_giou=cfg.weight_giou,
+        weight_mask=cfg.weight_mask,
+        weight_dice=cfg.weight_dice,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+        boxes_on_invalid_frames=cfg.boxes_on_invalid_frames,
+        aux_loss=cfg.aux_loss,
+        reduce_num_boxes=reduce_num_boxes,
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 
 
@@ -40,16 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``sgmg train``; returns the exit code."""
     if not args.local:
-        if importlib.util.find_spec("pipelines.train") is not None:
-            module = importlib.import_module("pipelines.train")
-            if hasattr(module, "run"):
-                return int(module.run(args) or 0)
-        print(
-            "sgmg train: the Ray Train launcher is not available yet; use `sgmg train --local --config FILE.yaml "
-            "[key=value ...]` to train in this process",
-            file=sys.stderr,
-        )
-        return 2
+        from pipelines.train import run as run_ray_train
+
+        return int(run_ray_train(args) or 0)
 
     if args.register is not None:
         print("sgmg train: --register is for the Ray Train job (MLflow tracking); not with --local", file=sys.stderr)

@@ -1,6 +1,7 @@
 """One framework-free training step and one validation step of SgMg.
 
-Used unchanged by ``sgmg train --local`` (:mod:`sgmg.train.local`) and by the Ray Train worker loop in ``pipelines``.
+Used unchanged by the training recipe (:class:`sgmg.train.trainer.Trainer`) of ``sgmg train --local`` and the Ray
+Train workers.
 The upstream loop (github.com/bo-miao/SgMg ``engine.py::train_one_epoch``) zeroes NaN loss terms and exits the process
 on a non-finite total; here a non-finite loss skips the optimizer step and is counted by :class:`NonFiniteGuard`,
 which raises ``FloatingPointError`` after too many in a row, and the caller decides what to do.

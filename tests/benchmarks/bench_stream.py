@@ -51,8 +51,9 @@ class PerFrameJpegDataset:
     def __getitem__(self, i: int):  # noqa: ANN204 - a ClipSample or None
         from PIL import Image
 
+        from sgmg.data.sampler import sample_clip_indices
         from sgmg.data.schema import ClipSample
-        from sgmg.data.transforms import augment_video, sample_clip_indices
+        from sgmg.data.transforms import augment_video
 
         vid, frame_ids, exp_id, text, obj_ids, anchor = self.samples[i]
         rng = np.random.default_rng([self.seed, i])
@@ -118,7 +119,7 @@ def _decode_rows(args: tuple[str, list[int]]) -> int:
     import pyarrow.parquet as pq
 
     from pipelines import ingest
-    from sgmg.data.transforms import clip_anchors, sample_clip_indices
+    from sgmg.data.sampler import clip_anchors, sample_clip_indices
 
     n = 0
     for row in pq.read_table(path).to_pylist():
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     from sgmg.data.datasets import open_dataset
-    from sgmg.data.transforms import clip_anchors
+    from sgmg.data.sampler import clip_anchors
 
     records = open_dataset("ref-youtube-vos", str(root), "train").list_videos()
     samples = [

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sgmg.data.datasets import open_dataset
+from sgmg.data.sampler import sample_clip_indices, train_clip
 from sgmg.data.schema import ClipSample
 from sgmg.data.transforms import (
     CROP_MAX,
@@ -22,10 +23,8 @@ from sgmg.data.transforms import (
     normalize_frames,
     photometric_distort,
     resize_masks,
-    sample_clip_indices,
     size_for_short_side,
     swap_left_right,
-    train_clip,
 )
 
 

@@ -36,8 +36,8 @@ def train_tiny_checkpoint(out: Path, steps: int = 30) -> Path:
     from sgmg.data.tokenizer import load_tokenizer
     from sgmg.data.transforms import masks_to_boxes
     from sgmg.inference.predictor import preprocess_frames
+    from sgmg.loss.criterion import build_criterion
     from sgmg.train.config import LossConfig, OptimConfig
-    from sgmg.train.local import build_criterion
     from sgmg.train.optim import build_optimizer
     from sgmg.train.step import NonFiniteGuard, train_step
 

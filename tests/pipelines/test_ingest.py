@@ -129,12 +129,8 @@ def test_shipped_configs_are_valid(name: str) -> None:
     parser = argparse.ArgumentParser()
     ingest_cli.configure(parser)
     path = Path(ingest.__file__).parent / "configs" / name
-    settings = ingest_cli._settings(
-        parser.parse_args(["--source", "s3://a/b", "--dest", "/tmp/x", "--config", str(path)])
-    )
-    settings.pop("parallelism", None)
-    settings.pop("num_cpus")
-    cfg = ingest.IngestConfig(**settings)
+    job = ingest_cli.load_job(parser.parse_args(["--source", "s3://a/b", "--dest", "/tmp/x", "--config", str(path)]))
+    cfg = job.ingest_config()
     assert cfg.format == "ref-youtube-vos" and cfg.source == "s3://a/b"
 
 

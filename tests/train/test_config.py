@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sgmg.train.config import (
-    ConfigValueError,
-    LossConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    load_train_config,
-)
+from sgmg.config_io import ConfigValueError, apply_overrides, flatten
+from sgmg.train.config import LossConfig, OptimConfig, TrainConfig, load_train_config
 
 
 def test_yaml_and_overrides(tmp_path: Path) -> None:
@@ -33,7 +27,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_steps = 3  # type: ignore[misc]
     # the checkpointed form loads back
-    from sgmg.train.config import from_dict
+    from sgmg.config_io import from_dict
 
     assert from_dict(TrainConfig, dataclasses.asdict(cfg)) == cfg
 
@@ -118,3 +112,7 @@ def test_a_bad_value_in_the_yaml_file_names_the_file_and_an_override_wins(tmp_pa
     # an override of the whole section is the origin of the keys under it
     with pytest.raises(ConfigValueError, match=r"from the command-line override 'optim=\{lr: .nan\}'"):
         load_train_config(path, ["optim={lr: .nan}"])
+
+
+def test_flatten_nested_overrides() -> None:
+    assert flatten({"text": {"freeze": False}, "num_queries": 3}) == {"text.freeze": False, "num_queries": 3}

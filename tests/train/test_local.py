@@ -1,4 +1,4 @@
-"""Local training pieces: the clip stream over a dataset folder, device/precision rules, and the CLI end to end."""
+"""Local training pieces: the clip stream over a dataset folder, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sgmg.train.checkpoint import checkpoint_dirs
 from sgmg.train.config import DataConfig, TrainConfig
-from sgmg.train.local import ClipStream, amp_settings, checkpoint_dirs, flatten_overrides, select_device
+from sgmg.train.local import ClipStream
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +51,6 @@ def test_clip_stream_batches(synthetic_root: Path) -> None:
 def test_clip_stream_rejects_missing_root() -> None:
     with pytest.raises(ValueError, match="data.root is empty"):
         ClipStream(TrainConfig(), WordTokenizer())
-
-
-def test_device_and_precision_rules() -> None:
-    cpu = torch.device("cpu")
-    assert amp_settings("auto", cpu) == (None, False)
-    assert amp_settings("bf16", cpu) == (torch.bfloat16, False)
-    assert amp_settings("fp32", cpu) == (None, False)
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        amp_settings("fp16", cpu)
-    assert select_device("cpu") == cpu
-    if not torch.cuda.is_available():
-        assert select_device("auto") == cpu
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            select_device("cuda")
-    assert flatten_overrides({"text": {"freeze": False}, "num_queries": 3}) == {"text.freeze": False, "num_queries": 3}
 
 
 @pytest.mark.integration

@@ -10,8 +10,10 @@ import torch
 
 from sgmg.data.schema import ClipBatch, VideoTarget
 from sgmg.data.transforms import masks_to_boxes
+from sgmg.loss.criterion import build_criterion
+from sgmg.train.checkpoint import checkpoint_dirs
 from sgmg.train.config import DataConfig, LossConfig, OptimConfig, TrainConfig
-from sgmg.train.local import build_criterion, checkpoint_dirs, train_local
+from sgmg.train.local import train_local
 from sgmg.train.optim import build_optimizer
 from sgmg.train.step import NonFiniteGuard, train_step
 

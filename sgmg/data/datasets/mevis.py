@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sgmg.data import rle as rle_codec
 from sgmg.data.datasets.base import (
     DatasetReader,
     assemble,
@@ -33,19 +34,11 @@ from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 
 def decode_rle(rle: dict, where: str) -> np.ndarray:
-    """bool ``[H, W]`` of one COCO RLE (compressed ``counts`` as str or bytes, or uncompressed list)."""
-    from pycocotools import mask as mask_utils
-
+    """bool ``[H, W]`` of one COCO RLE (:func:`sgmg.data.rle.decode`), a :class:`DataError` naming ``where`` if bad."""
     try:
-        rle = dict(rle)
-        if isinstance(rle["counts"], list):
-            h, w = rle["size"]
-            rle = mask_utils.frPyObjects(rle, h, w)
-        elif isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        return mask_utils.decode(rle).astype(bool)
-    except Exception as err:
-        raise DataError(f"{where}: bad RLE ({err})") from err
+        return rle_codec.decode(rle)
+    except ValueError as err:
+        raise DataError(f"{where}: bad RLE ({err.__cause__})") from err
 
 
 class MevisReader(DatasetReader):
