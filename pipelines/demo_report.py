@@ -37,7 +37,7 @@ def predict_split_jf(data: Path, out: Path, *, seed: int, config: Path | None = 
     from sgmg.eval.ref_ytvos import write_expression_masks
     from sgmg.inference.commands import load_tokenizer_for
     from sgmg.inference.predictor import RVOSPredictor
-    from sgmg.train.local import build_training_model
+    from sgmg.train.trainer import build_training_model
 
     config = config or Path(__file__).resolve().parent / "configs" / "demo_train.yaml"
     cfg = load_job(config).train
