@@ -158,83 +158,89 @@ class ModelSettings:
         return _from_mapping(cls, data, "user_config")
 
 
-# Keys allowed in a Serve config file, per level (the subset of Ray's schema this application uses, plus the ones a
-# user would reasonably set); anything else is a typo that ServeDeploySchema would accept silently.
-_TOP_KEYS = {"proxy_location", "http_options", "grpc_options", "logging_config", "applications", "target_capacity"}
-_HTTP_KEYS = {"host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s"}
-_APP_KEYS = {"name", "route_prefix", "import_path", "runtime_env", "args", "deployments", "logging_config"}
-_DEPLOYMENT_KEYS = {
-    "name",
-    "num_replicas",
-    "max_ongoing_requests",
-    "max_queued_requests",
-    "autoscaling_config",
-    "ray_actor_options",
-    "user_config",
-    "health_check_period_s",
-    "health_check_timeout_s",
-    "graceful_shutdown_wait_loop_s",
-    "graceful_shutdown_timeout_s",
-    "logging_config",
-    "max_replicas_per_node",
-}
-_ACTOR_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 DEPLOYMENTS = ("SgMgIngress", "SgMgModel")
 IMPORT_PATH = "pipelines.serve.app:build_app"
 
 
-def _check_keys(where: str, data: Any, allowed: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise SettingsError(f"{where} must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise SettingsError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def check_serve_config(config: Mapping[str, Any]) -> None:
-    """Validate a whole Serve config: Ray's ``ServeDeploySchema`` (and ``AutoscalingConfig``, which that schema does
-    not check deeply), a strict key check at every level, and this application's own settings.
-
-    Raises:
-        SettingsError: naming the key path and the problem.
-    """
+def serve_config_problems(config: Any) -> list[str]:
+    """Every problem of a whole Serve config: a strict key check at each level against the fields of Ray's own schema
+    models (``ServeDeploySchema`` accepts unknown keys silently), ``AutoscalingConfig`` (which that schema does not
+    check deeply), ``ServeDeploySchema`` itself, and this application's ``args`` and ``user_config``."""
     from pydantic import ValidationError
     from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import (
+        DeploymentSchema,
+        HTTPOptionsSchema,
+        RayActorOptionsSchema,
+        ServeApplicationSchema,
+        ServeDeploySchema,
+    )
 
-    _check_keys("config", config, _TOP_KEYS)
-    if "http_options" in config:
-        _check_keys("http_options", config["http_options"], _HTTP_KEYS)
-    apps = config.get("applications") or []
+    problems: list[str] = []
+
+    def keys(obj: Any, model: Any, where: str) -> None:
+        if isinstance(obj, Mapping):
+            unknown = sorted(set(obj) - set(model.model_fields))
+            if unknown:
+                problems.append(f"{where}: unknown key(s) {unknown}")
+
+    if not isinstance(config, Mapping):
+        return [f"a Serve config is a mapping, got {type(config).__name__}"]
+    keys(config, ServeDeploySchema, "config")
+    keys(config.get("http_options"), HTTPOptionsSchema, "http_options")
+    apps = config.get("applications")
     if not isinstance(apps, list) or not apps:
-        raise SettingsError("applications must be a non-empty list")
+        problems.append("applications must be a non-empty list")
+        apps = []
     for i, app in enumerate(apps):
         where = f"applications[{i}]"
-        _check_keys(where, app, _APP_KEYS)
-        if app.get("import_path") != IMPORT_PATH:
-            continue  # another application: Ray's schema checks it
-        AppSettings.from_dict(app.get("args"))
-        for j, dep in enumerate(app.get("deployments") or []):
+        keys(app, ServeApplicationSchema, where)
+        ours = isinstance(app, Mapping) and app.get("import_path") == IMPORT_PATH
+        for j, dep in enumerate((app.get("deployments") or []) if isinstance(app, Mapping) else []):
             dwhere = f"{where}.deployments[{j}]"
-            _check_keys(dwhere, dep, _DEPLOYMENT_KEYS)
-            if dep.get("name") not in DEPLOYMENTS:
-                raise SettingsError(f"{dwhere}.name must be one of {list(DEPLOYMENTS)}, got {dep.get('name')!r}")
-            if "ray_actor_options" in dep:
-                _check_keys(f"{dwhere}.ray_actor_options", dep["ray_actor_options"], _ACTOR_KEYS)
-            if "autoscaling_config" in dep:
+            keys(dep, DeploymentSchema, dwhere)
+            if not isinstance(dep, Mapping):
+                continue
+            keys(dep.get("ray_actor_options"), RayActorOptionsSchema, f"{dwhere}.ray_actor_options")
+            auto = dep.get("autoscaling_config")
+            if isinstance(auto, Mapping):
+                keys(auto, AutoscalingConfig, f"{dwhere}.autoscaling_config")
                 try:
-                    AutoscalingConfig(**dep["autoscaling_config"])
+                    AutoscalingConfig(**auto)
                 except (TypeError, ValidationError, ValueError) as exc:
-                    raise SettingsError(f"{dwhere}.autoscaling_config: {exc}") from exc
-            if dep["name"] == "SgMgModel":
-                user = ModelSettings.from_dict(dep.get("user_config"))
+                    problems.append(f"{dwhere}.autoscaling_config: {str(exc).splitlines()[0]}")
+            if ours and dep.get("name") not in DEPLOYMENTS:
+                problems.append(f"{dwhere}.name must be one of {list(DEPLOYMENTS)}, got {dep.get('name')!r}")
+            if ours and dep.get("name") == "SgMgModel":
+                try:
+                    user = ModelSettings.from_dict(dep.get("user_config"))
+                except SettingsError as exc:
+                    problems.append(f"{dwhere}: {exc}")
+                    continue
                 ongoing = dep.get("max_ongoing_requests", 5)
                 if isinstance(ongoing, int) and ongoing < user.max_batch_size:
-                    raise SettingsError(
+                    problems.append(
                         f"{dwhere}: max_ongoing_requests ({ongoing}) < user_config.max_batch_size "
                         f"({user.max_batch_size}): batches could never fill; raise max_ongoing_requests"
                     )
+        if ours:
+            try:
+                AppSettings.from_dict(app.get("args"))
+            except (SettingsError, TypeError) as exc:
+                problems.append(f"{where}.args: {exc}")
     try:
         ServeDeploySchema.model_validate(dict(config))
     except ValidationError as exc:
-        raise SettingsError(f"not a valid Serve config: {exc}") from exc
+        problems.append(f"not a valid Serve config: {exc}")
+    return problems
+
+
+def check_serve_config(config: Any) -> None:
+    """:func:`serve_config_problems`, raised.
+
+    Raises:
+        SettingsError: naming every problem found.
+    """
+    problems = serve_config_problems(config)
+    if problems:
+        raise SettingsError("; ".join(problems))

@@ -392,9 +392,9 @@ def _load_command_config(command: str, args: Any, entrypoint: str) -> list[str]:
 
             load_sweep(args.config, args.overrides)
         elif command == "ingest":
-            from pipelines.ingest_cli import _settings
+            from pipelines.ingest_cli import load_job as load_ingest_job
 
-            _settings(args)
+            load_ingest_job(args)
     except (FileNotFoundError, ValueError, TypeError) as err:
         return [f"{entrypoint!r}: its config does not load: {err}"]
     return []
@@ -421,45 +421,11 @@ def check_runtime_env(text: str) -> list[str]:
 
 
 def check_serve_config(data: dict[str, Any]) -> list[str]:
-    """Problems of a Serve config: ``ServeDeploySchema``, its keys (it ignores unknown ones), ``AutoscalingConfig``."""
-    import pydantic
-    from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import (
-        DeploymentSchema,
-        HTTPOptionsSchema,
-        RayActorOptionsSchema,
-        ServeApplicationSchema,
-        ServeDeploySchema,
-    )
+    """Problems of a Serve config: the project's own check (``ServeDeploySchema``, its keys, ``AutoscalingConfig``,
+    the application's arguments)."""
+    from pipelines.serve.settings import serve_config_problems
 
-    problems: list[str] = []
-
-    def keys(obj: Any, model: Any, where: str) -> None:
-        if isinstance(obj, dict):
-            unknown = sorted(set(obj) - set(model.model_fields))
-            if unknown:
-                problems.append(f"{where}: unknown keys {unknown}")
-
-    keys(data, ServeDeploySchema, "serve config")
-    keys(data.get("http_options"), HTTPOptionsSchema, "http_options")
-    for app in data.get("applications") or []:
-        keys(app, ServeApplicationSchema, f"application {app.get('name')}")
-        for dep in app.get("deployments") or []:
-            where = f"application {app.get('name')} deployment {dep.get('name')}"
-            keys(dep, DeploymentSchema, where)
-            keys(dep.get("ray_actor_options"), RayActorOptionsSchema, f"{where} ray_actor_options")
-            auto = dep.get("autoscaling_config")
-            if isinstance(auto, dict):
-                keys(auto, AutoscalingConfig, f"{where} autoscaling_config")
-                try:
-                    AutoscalingConfig(**auto)
-                except (pydantic.ValidationError, TypeError, ValueError) as err:
-                    problems.append(f"{where} autoscaling_config: {str(err).splitlines()[0]}")
-    try:
-        ServeDeploySchema.model_validate(data)
-    except pydantic.ValidationError as err:
-        problems.append(f"ServeDeploySchema: {err}")
-    return problems
+    return serve_config_problems(data)
 
 
 # ------------------------------------------------------------------------------------------------ launcher
