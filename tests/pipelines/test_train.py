@@ -40,7 +40,7 @@ def test_default_tracking_uri_is_resolved_on_the_driver(tmp_path, monkeypatch) -
     assert ray_train.prepare_tracking(off) == off and off.tracking.tracking_uri is None
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
+@pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml", "train_tiny_demo.yaml"])
 def test_shipped_train_configs_are_valid(name: str) -> None:
     from pathlib import Path
 
