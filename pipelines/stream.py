@@ -32,7 +32,7 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import ingest
-from sgmg.data.sampler import RECIPES
+from sgmg.data.sampler import RECIPES, REVERSE_PROB
 from sgmg.data.schema import ClipBatch, ClipSample
 
 
@@ -50,7 +50,9 @@ class ClipConfig:
         anchored: one clip per anchor frame ``0, num_frames, 2*num_frames, ...`` (official), else one per sample.
         max_tries: redraws when the referred object is not visible in the clip.
         max_size: longest side after augmentation (``video`` recipe).
-        reverse_prob: probability of reversing the clip's frame order.
+        reverse_prob: probability of reversing the clip's frame order; None (default): the official 0.3 for the
+            augmenting recipes and 0 for ``none`` and ``resize``, whose clips keep the stored frame order (a reversed
+            clip turns "moving left" into a clip that moves right).
     """
 
     num_frames: int = 5
@@ -60,13 +62,22 @@ class ClipConfig:
     anchored: bool = True
     max_tries: int = 10
     max_size: int = 640
-    reverse_prob: float = 0.3
+    reverse_prob: float | None = None
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
         if self.num_frames < 1 or self.epochs < 1 or self.max_tries < 1:
             raise ValueError(f"num_frames, epochs and max_tries must be >= 1: {self}")
+        if self.reverse_prob is not None and not 0.0 <= self.reverse_prob <= 1.0:
+            raise ValueError(f"reverse_prob must be in [0, 1] or None, got {self.reverse_prob}")
+
+    @property
+    def clip_reverse_prob(self) -> float:
+        """The reversal probability in use: ``reverse_prob``, or 0.3 (official) / 0 for ``none`` and ``resize``."""
+        if self.reverse_prob is not None:
+            return self.reverse_prob
+        return 0.0 if self.recipe in ("none", "resize") else REVERSE_PROB
 
 
 def _rng(cfg: ClipConfig, epoch: int, video_id: str, exp_id: str, anchor: int) -> np.random.Generator:
@@ -118,7 +129,7 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
         anchor=anchor,
         visible=visible,
         max_tries=cfg.max_tries,
-        reverse_prob=cfg.reverse_prob,
+        reverse_prob=cfg.clip_reverse_prob,
         max_size=cfg.max_size,
     )
 

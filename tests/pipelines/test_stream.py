@@ -102,3 +102,23 @@ def test_clip_blocks_stream_in_small_pieces(shard, monkeypatch) -> None:
     expected = [c for row in table.to_pylist() for c in stream.clips_of_row(row, stream.ClipConfig(**cfg))]
     assert sum(sizes) == len(expected) and all(s == 3 for s in sizes[:-1]) and 1 <= sizes[-1] <= 3
     assert [v for b in blocks for v in b["video_id"]] == [c.video_id for c in expected]
+
+
+def test_recipe_none_keeps_the_frame_order_unless_asked(shard) -> None:
+    # a time-reversed clip turns "moving left" into a clip moving right: the no-augmentation recipe must not reverse
+    table, _ = shard
+    rows = table.to_pylist()
+
+    def orders(**kw) -> list[list[int]]:
+        cfg = stream.ClipConfig(num_frames=3, seed=0, epochs=20, anchored=False, **kw)
+        return [c.meta["frame_indices"] for row in rows for c in stream.clips_of_row(row, cfg)]
+
+    def reversed_share(idx: list[list[int]]) -> float:
+        return sum(i != sorted(i) for i in idx) / len(idx)
+
+    assert stream.ClipConfig(recipe="none").clip_reverse_prob == 0.0
+    assert stream.ClipConfig(recipe="video").clip_reverse_prob == 0.3  # official
+    assert reversed_share(orders(recipe="none")) == 0.0
+    assert 0.15 < reversed_share(orders(recipe="none", reverse_prob=0.3)) < 0.45
+    with pytest.raises(ValueError, match="reverse_prob"):
+        stream.ClipConfig(reverse_prob=1.5)

@@ -53,7 +53,7 @@ def test_workers_print_each_line_once() -> None:
     assert run_config.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml"])
+@pytest.mark.parametrize("name", ["train.yaml", "train_tiny.yaml", "train_tiny_demo.yaml"])
 def test_shipped_train_configs_are_valid(name: str) -> None:
     from pathlib import Path
 
