@@ -56,9 +56,9 @@ class DemoSize:
     frames: int = 8
     size: tuple[int, int] = (144, 192)
     trials: int = 3
-    trial_steps: int = 60
-    train_steps: int = 240
-    checkpoint_every: int = 30
+    trial_steps: int = 150
+    train_steps: int = 1000
+    checkpoint_every: int = 50
 
 
 SMALL = DemoSize(videos=4, valid_videos=2, frames=4, size=(96, 128), trials=3, trial_steps=4, train_steps=4,
@@ -177,6 +177,7 @@ class Demo:
         args += [f"storage_path={self.storage.rstrip('/')}/runs", f"tracking.tracking_uri={self.tracking_uri}"]
         args += [f"train.max_steps={s.train_steps}", f"train.init_from={sweep['best_checkpoint']}"]
         args += [f"train.seed={self.seed}", f"train.checkpoint_every={max(1, s.train_steps // 4)}"]
+        args += [f"train.optim.lr_milestones=[{max(1, int(0.8 * s.train_steps))}]"]  # one LR drop, at 80 %
         args += [f"{k}={v}" for k, v in sweep["best_params"].items()]
         self.sgmg("train", args, Progress("training steps", s.train_steps, _STEP))
         return json.loads(summary.read_text())
