@@ -57,7 +57,7 @@ class DemoSize:
     size: tuple[int, int] = (144, 192)
     trials: int = 3
     trial_steps: int = 150
-    train_steps: int = 1000
+    train_steps: int = 1800
     checkpoint_every: int = 50
 
 
