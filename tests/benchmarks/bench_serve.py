@@ -101,7 +101,7 @@ def main() -> int:
         name: _start(work / "checkpoint", port, 8 if name == "batching on" else 1, args.short_side, work)
         for name, port in ports.items()
     }
-    results: dict[str, dict[int, list[dict]]] = {name: {1: [], 8: []} for name in ports}
+    results: dict[str, dict] = {name: {1: [], 8: []} for name in ports}
     try:
         for name, port in ports.items():
             _wait(port, procs[name])
@@ -114,6 +114,13 @@ def main() -> int:
                     results[name][concurrency].append(res)
                     print(f"round {r} {name:12s} c={concurrency}: {res['rps']:.2f} req/s, p50 {res['p50_ms']:.0f} ms")
         print(f"load after: {os.getloadavg()}")
+        import requests
+
+        for name, port in ports.items():
+            info = requests.get(f"http://127.0.0.1:{port}/v1/model", timeout=10).json()
+            batch = info["windows"] / max(1, info["batches"])
+            results[name]["mean_batch"] = batch
+            print(f"{name}: {info['windows']} windows in {info['batches']} forward passes ({batch:.2f} per pass)")
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -129,6 +136,7 @@ def main() -> int:
                 "rps_spread": [min(x["rps"] for x in runs), max(x["rps"] for x in runs)],
                 "p50_ms": statistics.median(x["p50_ms"] for x in runs),
                 "p99_ms": statistics.median(x["p99_ms"] for x in runs),
+                "windows_per_forward": results[name].get("mean_batch"),
             }
     gain = summary["batching on, c=8"]["rps_median"] / summary["batching off, c=8"]["rps_median"]
     clip = f"{args.frames} x {args.height} x {args.width} (model input short side {args.short_side})"
