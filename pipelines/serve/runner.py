@@ -4,7 +4,7 @@
 The model half of :class:`sgmg.inference.predictor.RVOSPredictor` is used as is (the visual encoder once per window,
 the rest once per expression; the same bilinear resize and threshold), so an answer equals ``sgmg predict`` on the
 same checkpoint, file, sentences and threshold when its windows are not batched with another request's. Batched with
-others, mask logits can differ in the last bits (float sums in another order, ~1e-5 on the tiny model), which flips a
+others, mask logits can differ in the last bits (float sums in another order), which flips a
 pixel only when its probability is that close to the threshold.
 """
 
