@@ -20,6 +20,10 @@ __all__ = ["DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "load_train
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+OFFICIAL_EPOCH_MILESTONES = (3, 5)
+"""Upstream's Ref-YouTube-VOS fine-tuning LR drops (epochs)."""
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW parameter groups, LR schedule, LR scaling and gradient clipping.
@@ -42,7 +46,8 @@ class OptimConfig:
         weight_decay: AdamW weight decay, applied to every parameter (as upstream).
         betas / eps: AdamW.
         visual_encoder_names / text_encoder_names / linear_proj_names: name substrings of the groups.
-        lr_milestones: MultiStepLR milestones, in ``schedule_unit`` units.
+        lr_milestones: MultiStepLR milestones, in ``schedule_unit`` units. None: the official ``(3, 5)`` in epochs,
+            and no drop in steps (epoch milestones read as steps would drop the LR 100x within the first steps).
         lr_gamma: LR factor at each milestone.
         schedule_unit: ``epoch`` (upstream: fine-tuning drops at epochs 3 and 5) or ``step`` (optimizer steps).
         lr_scaling: ``none`` or ``linear`` (by world size, see above).
@@ -60,12 +65,19 @@ class OptimConfig:
     visual_encoder_names: tuple[str, ...] = ("visual_encoder.",)
     text_encoder_names: tuple[str, ...] = ("text_encoder.",)
     linear_proj_names: tuple[str, ...] = ("sampling_offsets", "reference_points")
-    lr_milestones: tuple[int, ...] = (3, 5)
+    lr_milestones: tuple[int, ...] | None = None
     lr_gamma: float = 0.1
     schedule_unit: Literal["epoch", "step"] = "epoch"
     lr_scaling: Literal["none", "linear"] = "none"
     lr_reference_world_size: int = 8
     clip_max_norm: float = 0.1
+
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """``lr_milestones``, or the default of ``schedule_unit`` when it is None."""
+        if self.lr_milestones is not None:
+            return tuple(self.lr_milestones)
+        return OFFICIAL_EPOCH_MILESTONES if self.schedule_unit == "epoch" else ()
 
     def __post_init__(self) -> None:
         require("lr", self.lr, self.lr > 0, "a number > 0 (the base learning rate)")
@@ -74,7 +86,7 @@ class OptimConfig:
             require(name, value, value >= 0, "a number >= 0")
         require("betas", self.betas, all(0 <= b < 1 for b in self.betas), "two AdamW betas in [0, 1)")
         require("eps", self.eps, self.eps > 0, "a number > 0")
-        milestones = list(self.lr_milestones)
+        milestones = list(self.milestones)
         require(
             "lr_milestones",
             milestones,

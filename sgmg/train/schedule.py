@@ -13,19 +13,19 @@ from sgmg.train.config import OptimConfig
 
 
 def milestone_steps(cfg: OptimConfig, steps_per_epoch: int | None = None) -> list[int]:
-    """``cfg.lr_milestones`` in optimizer steps.
+    """``cfg.milestones`` in optimizer steps.
 
     Raises:
         ValueError: if the unit is ``epoch`` and ``steps_per_epoch`` is missing or < 1.
     """
     if cfg.schedule_unit == "step":
-        return list(cfg.lr_milestones)
+        return list(cfg.milestones)
     if steps_per_epoch is None or steps_per_epoch < 1:
         raise ValueError(
             f"optim.schedule_unit='epoch' needs steps_per_epoch >= 1, got {steps_per_epoch}; "
             "pass it or set optim.schedule_unit=step with milestones in optimizer steps"
         )
-    return [m * steps_per_epoch for m in cfg.lr_milestones]
+    return [m * steps_per_epoch for m in cfg.milestones]
 
 
 def build_scheduler(

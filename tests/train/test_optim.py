@@ -82,6 +82,14 @@ def test_step_schedule_in_epochs_and_steps() -> None:
     assert seen == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5, 1e-6])
 
 
+def test_default_milestones_follow_the_unit() -> None:
+    # the official (3, 5) are epochs; read as steps they would cut the LR 100x by step 5 (a sweep trained at lr/100)
+    assert milestone_steps(OptimConfig(), steps_per_epoch=10) == [30, 50]
+    assert milestone_steps(OptimConfig(schedule_unit="step")) == []
+    assert milestone_steps(OptimConfig(schedule_unit="step", lr_milestones=(7,))) == [7]
+    assert milestone_steps(OptimConfig(schedule_unit="epoch", lr_milestones=()), steps_per_epoch=10) == []
+
+
 def test_reinit_score_heads_only_touches_class_embed() -> None:
     model = ToyModel()
     with torch.no_grad():
