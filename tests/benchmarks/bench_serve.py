@@ -6,6 +6,11 @@ config, one with ``SgMgModel.user_config.max_batch_size=8`` (batching on) and on
 the measurements alternate between them round by round, so both see the same machine. Each request is one clip of
 ``--frames`` frames (one window) and one sentence, sent over HTTP on 127.0.0.1 by the project's client from
 ``--concurrency`` threads. Writes ``bench_out/serve.json`` and prints a table.
+
+Before the HTTP rounds it measures the model replica's part alone, in this process: one batched forward pass
+(``RVOSPredictor.forward_windows``) over 8 windows of the request's shape against 8 passes over one window, with the
+replica's thread count (``--threads``, 1 = its ``num_cpus``) on ``--device``: the most that batching can give when the
+replica, not the HTTP path, is the bottleneck. ``--forward-only`` stops there (``--device cuda`` on a GPU machine).
 """
 
 from __future__ import annotations
@@ -78,6 +83,39 @@ def _round(url: str, video: Path, text: str, requests_n: int, concurrency: int) 
     }
 
 
+def forward_ratio(frames: int, height: int, width: int, short_side: int, device: str, threads: int,
+                  batch: int = 8, repeats: int = 3) -> dict:  # fmt: skip
+    """Per-window seconds of the replica's forward pass at batch 1 and at ``batch`` (best of ``repeats``,
+    alternating)."""
+    import torch
+
+    import sgmg
+    from sgmg.data.tokenizer import load_tokenizer
+    from sgmg.inference.predictor import RVOSPredictor, input_size
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = sgmg.build_model("sgmg_tiny").eval().to(device)
+    predictor = RVOSPredictor(model, load_tokenizer(model.config.text.tokenizer_source), device=device)
+    h, w = input_size(height, width, short_side)
+    best = {1: float("inf"), batch: float("inf")}
+    for r in range(repeats + 1):
+        for b in best:
+            video = torch.randn(b, frames, 3, h, w, device=device)
+            ids, mask = predictor.tokenize_many(["the bright square"] * b)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            predictor.forward_windows(video, ids, mask, torch.arange(b, device=device))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if r:  # the first round warms up
+                best[b] = min(best[b], (time.perf_counter() - t) / b)
+    return {"input": [frames, h, w], "device": device, "threads": threads,
+            "ms_per_window_b1": 1000 * best[1], f"ms_per_window_b{batch}": 1000 * best[batch],
+            "ratio": best[1] / best[batch]}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48, help="requests per round and setting")
@@ -87,7 +125,22 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--short-side", type=int, default=128)
     parser.add_argument("--out", default=str(ROOT / "bench_out"))
+    parser.add_argument("--device", default="cpu", help="device of the replica-only measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the replica-only measurement")
+    parser.add_argument("--forward-only", action="store_true", help="only the replica-only measurement")
     args = parser.parse_args()
+
+    fwd = forward_ratio(args.frames, args.height, args.width, args.short_side, args.device, args.threads)
+    print(
+        f"replica only, {fwd['input']} on {fwd['device']} ({fwd['threads']} thread(s)): "
+        f"{fwd['ms_per_window_b1']:.1f} ms/window at batch 1, {fwd['ms_per_window_b8']:.1f} at batch 8 "
+        f"({fwd['ratio']:.2f}x)"
+    )
+    if args.forward_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "serve_forward.json").write_text(json.dumps(fwd, indent=1))
+        return 0
 
     from serve_fixtures import square_frames, write_mp4
 
@@ -142,7 +195,8 @@ def main() -> int:
     clip = f"{args.frames} x {args.height} x {args.width} (model input short side {args.short_side})"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps({"clip": clip, "results": summary, "batching_gain_c8": gain}, indent=1))
+    report = {"clip": clip, "results": summary, "batching_gain_c8": gain, "replica_only": fwd}
+    (out / "serve.json").write_text(json.dumps(report, indent=1))
     print(f"\nclip {clip}, sgmg_tiny, {args.rounds} rounds (median, min-max)")
     print("| setting | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
     for key, v in summary.items():
