@@ -51,13 +51,13 @@ class DemoSize:
         checkpoint_every: steps between checkpoints (and validation J&F) of the sweep trials.
     """
 
-    videos: int = 24
-    valid_videos: int = 6
+    videos: int = 200
+    valid_videos: int = 12
     frames: int = 8
     size: tuple[int, int] = (144, 192)
     trials: int = 3
     trial_steps: int = 150
-    train_steps: int = 1800
+    train_steps: int = 2000
     checkpoint_every: int = 50
 
 

@@ -356,3 +356,31 @@ def test_an_internal_error_is_a_500_with_a_request_id(loaded, serve_checkpoint: 
     err = r.json()["error"]
     assert err["code"] == "internal_error" and err["request_id"] in err["message"]
     assert any(err["request_id"] in rec.getMessage() for rec in caplog.records)
+
+
+class _SlowBackend(LocalBackend):
+    """A model that takes ``delay`` seconds per window on its first ``slow`` windows."""
+
+    def __init__(self, loaded, delay: float, slow: int) -> None:
+        super().__init__(loaded)
+        self.delay, self.slow = delay, slow
+
+    async def segment(self, job):
+        import asyncio
+
+        if self.slow > 0:
+            self.slow -= 1
+            await asyncio.sleep(self.delay)
+        return await super().segment(job)
+
+
+def test_a_request_over_the_timeout_is_a_504_and_the_next_one_is_answered(loaded, serve_checkpoint, mp4) -> None:
+    limits = Limits(request_timeout_s=0.5)
+    settings = AppSettings(model_uri=serve_checkpoint, window=4, short_side=SHORT_SIDE, limits=limits)
+    slow = TestClient(create_api(settings, _SlowBackend(loaded, delay=3.0, slow=1)))
+    files = {"video": ("square.mp4", mp4.read_bytes())}
+    r = slow.post("/v1/segment", files=files, data={"text": TEXT})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+    assert "0.5 s" in r.json()["error"]["message"]
+    r = slow.post("/v1/segment", files=files, data={"text": TEXT})
+    assert r.status_code == 200, r.text
