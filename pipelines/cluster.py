@@ -22,6 +22,9 @@ def ray_session(**init_kwargs: Any) -> Iterator[bool]:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")  # Train V2's state polling, unneeded
+    # Train V2 gives a worker group 60 s to start, then retries from scratch; each worker imports torch, and on a busy
+    # 2-core machine two of them took longer (the driver passes this on to Train's controller)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     address = os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized()
     if started:
