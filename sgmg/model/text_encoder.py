@@ -61,12 +61,17 @@ class TextEncoder(nn.Module):
         model: a transformers model returning ``last_hidden_state`` and ``pooler_output``.
         freeze: no gradients into ``model`` (runs under ``torch.no_grad``). Like the official code the frozen
             encoder still follows train/eval mode, so its dropout is active while training.
+        pooling: the sentence feature: ``pooler`` (``pooler_output``, official) or ``mean`` (mean of
+            ``last_hidden_state`` over the tokens, padding excluded).
     """
 
-    def __init__(self, *, model: nn.Module, freeze: bool) -> None:
+    def __init__(self, *, model: nn.Module, freeze: bool, pooling: str = "pooler") -> None:
         super().__init__()
+        if pooling not in ("pooler", "mean"):
+            raise ValueError(f"pooling must be 'pooler' or 'mean', got {pooling!r}")
         self.model = model
         self.freeze = freeze
+        self.pooling = pooling
         if freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -91,7 +96,12 @@ class TextEncoder(nn.Module):
         with ctx:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         txt_pad_mask = attention_mask.ne(1)
-        return out.last_hidden_state, out.pooler_output, txt_pad_mask
+        words = out.last_hidden_state
+        if self.pooling == "pooler":
+            return words, out.pooler_output, txt_pad_mask
+        keep = attention_mask.to(words.dtype).unsqueeze(-1)  # [B, S, 1]
+        sentence = (words * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # [B, C_txt]
+        return words, sentence, txt_pad_mask
 
 
 class TextProjection(nn.Module):

@@ -220,3 +220,24 @@ def test_refiner_output_is_full_resolution() -> None:
     refiner = MultiGranularityRefiner(mask_channels=16, feat_channels_s4=4, feat_channels_s8=8, patch_size=4)
     out = refiner(torch.randn(3, 16, 5, 6), torch.randn(3, 4, 10, 12), torch.randn(3, 8, 5, 6))
     assert out.shape == (3, 40, 48)
+
+
+def test_text_encoder_mean_pooling_ignores_padding() -> None:
+    from transformers import BertConfig, BertModel
+
+    from sgmg.model.text_encoder import TextEncoder
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    bert = BertModel(cfg, add_pooling_layer=True).eval()
+    mean, pooler = TextEncoder(model=bert, freeze=True, pooling="mean"), TextEncoder(model=bert, freeze=True)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    am = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    words, sentence, pad = mean(ids, am)
+    assert torch.allclose(sentence[0], words[0, :3].mean(0)) and torch.allclose(sentence[1], words[1].mean(0))
+    _, alone, _ = mean(ids[:1, :3], am[:1, :3])  # the same sentence without padding
+    assert torch.allclose(alone[0], sentence[0], atol=1e-6)
+    assert torch.equal(pooler(ids, am)[1], bert(input_ids=ids, attention_mask=am).pooler_output)
+    assert pad.tolist() == [[False, False, False, True, True], [False] * 5]
+    with pytest.raises(ValueError, match="pooling"):
+        TextEncoder(model=bert, freeze=True, pooling="max")
