@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,8 @@ def ray_session(**init_kwargs: Any) -> Iterator[bool]:
     address = os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized()
     if started:
+        if address is None:
+            init_kwargs = _own_state_api(init_kwargs)
         ray.init(address=address, **init_kwargs)
     previous = _exit_on_sigterm() if started else None
     try:
@@ -37,6 +40,31 @@ def ray_session(**init_kwargs: Any) -> Iterator[bool]:
             signal.signal(signal.SIGTERM, previous)
         if started:
             ray.shutdown()
+
+
+def _own_state_api(init_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Point the new local cluster's processes at its own dashboard for Ray's state API.
+
+    Without an address, the state API finds "the" cluster by scanning the machine's processes and fails with "Found
+    multiple active Ray instances" when another Ray runs beside this one; Train V2's placement-group cleaner then
+    dies, a finished sweep trial's placement group is never freed, and the next trial waits for its CPUs forever. So
+    the dashboard gets a port chosen here, named in the job's ``RAY_API_SERVER_ADDRESS``.
+    """
+    if init_kwargs.get("include_dashboard") is False:
+        return init_kwargs
+    kwargs = dict(init_kwargs)
+    port = kwargs.setdefault("dashboard_port", _free_port())
+    runtime_env = dict(kwargs.get("runtime_env") or {})
+    env_vars = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", **runtime_env.get("env_vars", {})}
+    kwargs["runtime_env"] = {**runtime_env, "env_vars": env_vars}
+    kwargs.setdefault("dashboard_host", "127.0.0.1")
+    return kwargs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _exit_on_sigterm() -> Any:
