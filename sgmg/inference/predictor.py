@@ -3,8 +3,9 @@
 Follows the official inference recipe (SgMg ``inference_ytvos.py``/``inference_davis.py``): frames are resized so the
 short side is 360 pixels, ImageNet-normalised, the model pads them to a multiple of 16, the best query is chosen per
 window from its mean score over the window's frames, and the chosen query's refined mask logits are resized
-bilinearly to the original resolution and thresholded at probability 0.5. Long videos are processed in windows of
-``window`` frames (36, as the official Ref-DAVIS protocol) so memory stays bounded.
+bilinearly to the original resolution and thresholded at probability 0.5 (:class:`sgmg.eval.postprocess.
+MaskPostProcessor`). Long videos are processed in windows of ``window`` frames (36, as the official Ref-DAVIS
+protocol) so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -20,23 +21,9 @@ from torch import nn
 
 from sgmg.data.schema import ClipBatch
 from sgmg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sgmg.eval.postprocess import MaskPostProcessor, SelectedQuery
 from sgmg.inference.sources import FrameSource
 from sgmg.model.outputs import SgMgOutput
-
-
-@dataclass
-class WindowOutput:
-    """What the model gives for N expressions over windows of t frames (:meth:`RVOSPredictor.forward_windows`).
-
-    Attributes:
-        mask_logits: float32 ``[N, t, h, w]`` refined mask logits of each row's best query, at the model's input size.
-        scores: float32 ``[N, t]`` score (sigmoid) of that query in each frame.
-        best_query: long ``[N]`` the chosen query of each row.
-    """
-
-    mask_logits: torch.Tensor
-    scores: torch.Tensor
-    best_query: torch.Tensor
 
 
 @dataclass
@@ -82,14 +69,12 @@ class RVOSPredictor:
     ) -> None:
         if short_side < 32:
             raise ValueError(f"short_side must be >= 32 pixels, got {short_side}")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold is a probability in (0, 1), got {threshold}")
+        self.postprocessor = MaskPostProcessor(threshold=threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.short_side = short_side
         self.max_side = max_side
-        self.threshold = threshold
         self.amp_dtype = amp_dtype
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +112,7 @@ class RVOSPredictor:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         video_index: torch.Tensor | None = None,
-    ) -> WindowOutput:
+    ) -> SelectedQuery:
         """The model's part: the visual encoder once per window, the rest once per expression.
 
         Args:
@@ -136,7 +121,7 @@ class RVOSPredictor:
             video_index: ``[N]`` long, the window each expression refers to (None: N = B, row i -> window i).
 
         Returns:
-            :class:`WindowOutput` with N rows.
+            :class:`~sgmg.eval.postprocess.SelectedQuery` with N rows.
         """
         video = video.to(self.device)
         if video_index is not None:
@@ -144,31 +129,12 @@ class RVOSPredictor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             visual = self.model.encode_video(video)
             out = self.model.decode(visual, input_ids.to(self.device), attention_mask.to(self.device), video_index)
-        best = out.best_query  # [N]
-        logits = out.pred_logits.float()  # [N, t, Q]
-        scores = logits.gather(2, best[:, None, None].expand(-1, logits.shape[1], 1))[..., 0].sigmoid()  # [N, t]
-        return WindowOutput(out.pred_masks.float(), scores, best)
+        return self.postprocessor.select(out)
 
-    @torch.inference_mode()
-    def postprocess(
-        self, mask_logits: torch.Tensor, size: tuple[int, int], threshold: float | None = None, chunk: int = 8
-    ) -> torch.Tensor:
-        """One expression's mask logits ``[t, h, w]`` at model input size -> bool masks ``[t, H, W]`` at ``size``.
-
-        Bilinear resize of the logits, then ``sigmoid > threshold`` (the predictor's by default), ``chunk`` frames at
-        a time so memory stays bounded at high resolution (each frame is resized on its own: same values).
-        """
-        threshold = self.threshold if threshold is None else threshold
-        parts = [
-            self.probabilities(mask_logits[i : i + chunk], size) > threshold for i in range(0, len(mask_logits), chunk)
-        ]
-        return torch.cat(parts)
-
-    @staticmethod
-    def probabilities(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Mask logits ``[t, h, w]`` -> probabilities ``[t, H, W]`` resized bilinearly to ``size``."""
-        logits = F.interpolate(mask_logits.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        return logits[:, 0].sigmoid()
+    @property
+    def threshold(self) -> float:
+        """The mask probability threshold (:attr:`postprocessor`'s)."""
+        return self.postprocessor.threshold
 
     @torch.inference_mode()
     def segment_window(
@@ -179,7 +145,7 @@ class RVOSPredictor:
         video = self.preprocess(frames)
         index = torch.zeros(input_ids.shape[0], dtype=torch.long)
         out = self.forward_windows(video, input_ids, attention_mask, index)
-        masks = torch.stack([self.postprocess(row, frames.shape[1:3]) for row in out.mask_logits])
+        masks = torch.stack([self.postprocessor.masks(row, frames.shape[1:3]) for row in out.mask_logits])
         return masks, out.scores, out.best_query
 
     @torch.inference_mode()
@@ -189,7 +155,8 @@ class RVOSPredictor:
         """One window, one expression: uint8 ``[t, H, W, 3]`` -> probabilities ``[t, H, W]``, scores ``[t]``, best
         query."""
         out = self.forward_windows(self.preprocess(frames), input_ids, attention_mask)
-        return self.probabilities(out.mask_logits[0], frames.shape[1:3]), out.scores[0], int(out.best_query[0])
+        probs = self.postprocessor.probabilities(out.mask_logits[0], frames.shape[1:3])
+        return probs, out.scores[0], int(out.best_query[0])
 
     def iter_predict(
         self, video: str | Path | np.ndarray, text: str, *, window: int = 36

@@ -230,7 +230,8 @@ class ValidationMetrics:
 def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion | None = None) -> ValidationMetrics:
     """Evaluate one batch: J and F of the predicted masks, and the loss when a criterion is given.
 
-    The masks come from an eval-mode forward (best query by mean score, refined, thresholded at 0). The loss needs the
+    The masks come from an eval-mode forward (best query by mean score, refined) through
+    :class:`~sgmg.eval.postprocess.MaskPostProcessor` (cropped to each video, probability 0.5). The loss needs the
     training-mode outputs, so it is computed with a second, gradient-free forward in train mode (dropout active, as
     upstream's losses always are); the model's mode is restored afterwards.
 
@@ -246,6 +247,7 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
         ValueError: if the batch has no targets.
     """
     from sgmg.eval.metrics import f_measure, jaccard  # eval is a sibling package; imported where used
+    from sgmg.eval.postprocess import MaskPostProcessor
 
     if batch.targets is None:
         raise ValueError("validation_step needs a batch with targets (ClipBatch.targets is None)")
@@ -253,10 +255,12 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
     try:
         model.eval()
         out = model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
+        sizes = [tuple(tgt.size) for tgt in batch.targets]
+        preds = MaskPostProcessor()(out, sizes, valid_sizes=sizes)  # B x bool [T, h, w], cropped to each video
         per_video = []
-        for b, tgt in enumerate(batch.targets):
+        for tgt, pred_masks in zip(batch.targets, preds, strict=True):
             h, w = tgt.size
-            pred = (out.pred_masks[b, :, :h, :w] > 0).cpu().numpy()  # [T, h, w]
+            pred = pred_masks.cpu().numpy()  # [T, h, w]
             gt = (tgt.masks[:, :, :h, :w] > 0.5).any(0).cpu().numpy()  # [T, h, w] union of the referred objects
             per_video.append((float(jaccard(gt, pred).mean()), float(f_measure(gt, pred).mean())))
         loss = None
