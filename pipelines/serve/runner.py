@@ -111,7 +111,6 @@ def load_model(
     import torch
 
     import sgmg
-    from sgmg.inference.commands import load_tokenizer_for
     from sgmg.zoo import variant_of
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,9 +125,8 @@ def load_model(
         else:
             model = sgmg.load_checkpoint(_local_checkpoint(model_uri, Path(tmp)))
             name, version, fixed = Path(model_uri.rstrip("/")).name, None, model_uri
-    tokenizer = load_tokenizer_for(model)
     amp = torch.bfloat16 if precision == "bf16" else None
-    predictor = sgmg.RVOSPredictor(model, tokenizer, device=device, amp_dtype=amp)
+    predictor = sgmg.RVOSPredictor(model, device=device, amp_dtype=amp)  # its config's tokenizer
     info = {
         "name": name,
         "version": version,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgmg.data.schema import ClipBatch
-from sgmg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sgmg.data.transforms import EVAL_SHORT_SIDE, IMAGENET_MEAN, IMAGENET_STD
 from sgmg.eval.postprocess import MaskPostProcessor, SelectedQuery
 from sgmg.inference.sources import FrameSource
 from sgmg.model.outputs import SgMgOutput
@@ -46,11 +47,15 @@ class Prediction:
 class RVOSPredictor:
     """Wraps an SgMg model (composition, like SAM's ``SamPredictor``) for inference on raw frames.
 
+    The normalisation (mean/std) and the default short side are those of the model's variant
+    (:func:`sgmg.zoo.pretrained_config`).
+
     Args:
         model: an ``SgMg`` model; it is put in eval mode.
-        tokenizer: the Hugging Face tokenizer of the model's text encoder.
+        tokenizer: the Hugging Face tokenizer of the model's text encoder; None: the one its config records
+            (:func:`sgmg.data.tokenizer.load_tokenizer_for`).
         device: where to run (``"cpu"``, ``"cuda"``, ...).
-        short_side: frames are resized so their short side has this many pixels (official: 360).
+        short_side: frames are resized so their short side has this many pixels; None: the variant's (official: 360).
         max_side: optional cap on the long side after resizing.
         threshold: probability above which a pixel is foreground.
         amp_dtype: optional autocast dtype (e.g. ``torch.bfloat16`` on GPU); None runs in float32.
@@ -59,20 +64,25 @@ class RVOSPredictor:
     def __init__(
         self,
         model: nn.Module,
-        tokenizer,
+        tokenizer: Any = None,
         *,
         device: str | torch.device = "cpu",
-        short_side: int = 360,
+        short_side: int | None = None,
         max_side: int | None = None,
         threshold: float = 0.5,
         amp_dtype: torch.dtype | None = None,
     ) -> None:
+        from sgmg.data.tokenizer import load_tokenizer_for
+        from sgmg.zoo import pretrained_config
+
+        self.pretrained = pretrained_config(model.config)
+        short_side = self.pretrained.short_side if short_side is None else short_side
         if short_side < 32:
             raise ValueError(f"short_side must be >= 32 pixels, got {short_side}")
         self.postprocessor = MaskPostProcessor(threshold=threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer_for(model) if tokenizer is None else tokenizer
         self.short_side = short_side
         self.max_side = max_side
         self.amp_dtype = amp_dtype
@@ -86,7 +96,8 @@ class RVOSPredictor:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``[T, H, W, 3]`` -> float ``[1, T, 3, h, w]`` resized and ImageNet-normalised."""
-        return preprocess_frames(frames, self.short_side, self.max_side, self.device).unsqueeze(0)
+        mean, std = self.pretrained.mean, self.pretrained.std
+        return preprocess_frames(frames, self.short_side, self.max_side, self.device, mean=mean, std=std).unsqueeze(0)
 
     @torch.inference_mode()
     def predict_batch(self, batch: ClipBatch) -> SgMgOutput:
@@ -199,10 +210,16 @@ def input_size(h: int, w: int, short_side: int, max_side: int | None = None) -> 
 
 
 def preprocess_frames(
-    frames: np.ndarray, short_side: int = 360, max_side: int | None = None, device: str | torch.device = "cpu"
+    frames: np.ndarray,
+    short_side: int = EVAL_SHORT_SIDE,
+    max_side: int | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
 ) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, h, w]``: resized (bilinear, antialiased) so the short side is
-    ``short_side`` and ImageNet-normalised (the official inference recipe)."""
+    ``short_side`` and normalised with ``mean``/``std`` (ImageNet's: the official inference recipe)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     video = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
@@ -210,9 +227,9 @@ def preprocess_frames(
     size = input_size(*frames.shape[1:3], short_side, max_side)
     if size != tuple(frames.shape[1:3]):
         video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1)
-    return (video - mean) / std  # [T, 3, h, w]
+    mean_t = torch.tensor(mean, device=video.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=video.device).view(1, 3, 1, 1)
+    return (video - mean_t) / std_t  # [T, 3, h, w]
 
 
 def _windows(video: str | Path | np.ndarray, window: int) -> Iterator[tuple[int, np.ndarray]]:

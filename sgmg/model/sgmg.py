@@ -20,6 +20,11 @@ from sgmg.model.position_encoding import PositionEmbeddingSine1D, PositionEmbedd
 
 QuerySelector = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
+TRAIN_PAD_MULTIPLE = 32
+"""Training inputs are zero-padded (bottom/right) to a multiple of this many pixels (official)."""
+EVAL_PAD_MULTIPLE = 16
+"""Eval inputs are zero-padded to a multiple of this many pixels (official inference)."""
+
 
 class SgMg(nn.Module):
     """The SgMg model.
@@ -151,7 +156,7 @@ class SgMg(nn.Module):
         b, t, _, h, w = video.shape
         if pad_mask is not None and pad_mask.shape != (b, h, w):
             raise ValueError(f"pad_mask must be bool [B, H, W] = {(b, h, w)}, got {tuple(pad_mask.shape)}")
-        mult = 32 if self.training else 16
+        mult = TRAIN_PAD_MULTIPLE if self.training else EVAL_PAD_MULTIPLE
         hp, wp = -(-h // mult) * mult, -(-w // mult) * mult
         video = F.pad(video, (0, wp - w, 0, hp - h))
         mask = torch.ones(b, hp, wp, dtype=torch.bool, device=video.device)
