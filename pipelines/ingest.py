@@ -12,8 +12,7 @@ per video, not once per expression (Ref-YouTube-VOS has ~3.6 expressions per vid
 (:mod:`pipelines.stream`) expands a row to its (video, expression) samples while it samples clips. Columns (see
 :data:`SHARD_SCHEMA`): ``video_id, dataset, split, frame_ids, height, width, frame_codec, frames`` (one encoded image
 per frame: JPEG, or PNG for lossless), ``obj_ids``, ``masks`` (COCO RLE ``counts`` bytes per (object, frame), flattened
-``[O, T]`` row-major), ``boxes`` (``[O, T, 4]`` flattened, x0 y0 x1 y1 in pixels of the stored frames, x1/y1
-exclusive, zeros where the object is invisible), ``visible`` (``[O, T]`` flattened), ``has_gt``, ``expressions``
+``[O, T]`` row-major), ``visible`` (``[O, T]`` flattened), ``has_gt``, ``expressions``
 (list of ``{exp_id, text, obj_ids}``) and ``source`` (JSON of the reader's locators: the source ids).
 
 **Idempotent and resumable.** Videos are sorted by id and cut into consecutive shards of ``shard_size``: the
@@ -57,7 +56,7 @@ from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: no ``boxes`` column (nothing read it; clips get their boxes from the masks)
 PLAN_NAME = "_plan.json"
 MANIFEST_NAME = "manifest.json"
 ROW_GROUP_ROWS = 8  # videos per Parquet row group of a shard (the unit of a partial read)
@@ -77,7 +76,6 @@ SHARD_SCHEMA = pa.schema(
         ("frames", pa.list_(pa.binary())),
         ("obj_ids", pa.list_(pa.int64())),
         ("masks", pa.list_(pa.binary())),
-        ("boxes", pa.list_(pa.float32())),
         ("visible", pa.list_(pa.bool_())),
         ("has_gt", pa.bool_()),
         ("expressions", pa.list_(EXPRESSION_TYPE)),
@@ -137,25 +135,6 @@ def decode_masks(counts: Sequence[bytes], height: int, width: int) -> np.ndarray
     return rle.decode_counts(counts, height, width)
 
 
-def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes and visibility of bool ``[O, T, H, W]`` masks.
-
-    Returns:
-        ``boxes`` float32 ``[O, T, 4]`` (x0, y0, x1, y1 in pixels, x1/y1 exclusive; zeros where invisible) and
-        ``visible`` bool ``[O, T]``.
-    """
-    o, t = masks.shape[:2]
-    boxes = np.zeros((o, t, 4), dtype=np.float32)
-    rows = masks.any(-1)  # [O, T, H]
-    cols = masks.any(-2)  # [O, T, W]
-    visible = rows.any(-1)  # [O, T]
-    for i, j in zip(*np.nonzero(visible), strict=True):
-        ys = np.flatnonzero(rows[i, j])
-        xs = np.flatnonzero(cols[i, j])
-        boxes[i, j] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return boxes, visible
-
-
 def validate_video(video: VideoData) -> None:
     """Check the shapes a reader returned; raise ``ValueError`` naming the video when they disagree."""
     rec = video.record
@@ -183,7 +162,7 @@ def encode_video_row(video: VideoData, codec: str = "jpeg", quality: int = 90) -
     rec = video.record
     t, h, w = video.frames.shape[:3]
     masks = video.masks.astype(bool, copy=False)
-    boxes, visible = mask_boxes(masks)
+    visible = masks.any((-2, -1))  # [O, T]
     return {
         "video_id": rec.video_id,
         "dataset": rec.dataset,
@@ -195,7 +174,6 @@ def encode_video_row(video: VideoData, codec: str = "jpeg", quality: int = 90) -
         "frames": [encode_image(f, codec, quality) for f in video.frames],
         "obj_ids": [int(o) for o in video.obj_ids],
         "masks": encode_masks(masks),
-        "boxes": boxes.reshape(-1).tolist(),
         "visible": visible.reshape(-1).tolist(),
         "has_gt": bool(video.has_gt),
         "expressions": [{"exp_id": e.exp_id, "text": e.text, "obj_ids": list(e.obj_ids)} for e in rec.expressions],

@@ -189,7 +189,7 @@ def tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
 
 _BLOCK_BYTES = 16 * 2**20  # target size of the clip blocks (~3 clips of 5 frames at 640x360)
 
-# the shard columns clip sampling reads (not boxes, frame codec or source)
+# the shard columns clip sampling reads (not the frame codec or source)
 CLIP_COLUMNS = (
     "video_id",
     "dataset",
