@@ -169,31 +169,44 @@ def train_step(
         scaled = total / accum_steps
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
     if boundary:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        params = _trainable(optimizer)
-        max_norm = clip_max_norm if clip_max_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        metrics.grad_norm = grad_norm
-        if scaler is not None:
-            # fp16 overflow is routine while the scale calibrates: the scaler skips the step itself.
-            scale_before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            metrics.stepped = scaler.get_scale() >= scale_before
-            nonfinite.ok()
-        elif math.isfinite(grad_norm):
-            optimizer.step()
-            metrics.stepped = True
-            nonfinite.ok()
-        else:
-            nonfinite.bad("gradient norm", step_index)
-            metrics.skipped_nonfinite = True
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(optimizer, scaler, clip_max_norm, nonfinite, step_index, metrics)
     else:
         nonfinite.ok()
     metrics.nonfinite_total = nonfinite.total
     return metrics
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_max_norm: float,
+    nonfinite: NonFiniteGuard,
+    step_index: int,
+    metrics: StepMetrics,
+) -> None:
+    """The end of an accumulation window: unscale, clip and measure the gradient norm, step unless it is non-finite,
+    zero the gradients; fills ``metrics.grad_norm``, ``stepped`` and ``skipped_nonfinite``."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = _trainable(optimizer)
+    max_norm = clip_max_norm if clip_max_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    metrics.grad_norm = grad_norm
+    if scaler is not None:
+        # fp16 overflow is routine while the scale calibrates: the scaler skips the step itself.
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        metrics.stepped = scaler.get_scale() >= scale_before
+        nonfinite.ok()
+    elif math.isfinite(grad_norm):
+        optimizer.step()
+        metrics.stepped = True
+        nonfinite.ok()
+    else:
+        nonfinite.bad("gradient norm", step_index)
+        metrics.skipped_nonfinite = True
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _finite_everywhere(finite: bool, model: nn.Module, device: torch.device) -> bool:
