@@ -7,14 +7,8 @@ Output layout under ``dest`` (any URI :mod:`pipelines.storage` accepts)::
     quarantine.jsonl        one JSON line per bad video: {"video_id", "file", "reason", "shard"}
     manifest.json           written last: shard names, row/sample counts, sha256 content hashes, config, totals
 
-**One row per video**, with all its expressions (``expressions`` is a list column). Frames and masks are stored once
-per video, not once per expression (Ref-YouTube-VOS has ~3.6 expressions per video), and the streaming side
-(:mod:`pipelines.stream`) expands a row to its (video, expression) samples while it samples clips. Columns (see
-:data:`SHARD_SCHEMA`): ``video_id, dataset, split, frame_ids, height, width, frame_codec, frames`` (one encoded image
-per frame: JPEG, or PNG for lossless), ``obj_ids``, ``masks`` (COCO RLE ``counts`` bytes per (object, frame), flattened
-``[O, T]`` row-major), ``boxes`` (``[O, T, 4]`` flattened, x0 y0 x1 y1 in pixels of the stored frames, x1/y1
-exclusive, zeros where the object is invisible), ``visible`` (``[O, T]`` flattened), ``has_gt``, ``expressions``
-(list of ``{exp_id, text, obj_ids}``) and ``source`` (JSON of the reader's locators: the source ids).
+**One row per video**, with all its expressions; the shard format (schema, row encoding and decoding, footer
+metadata) is :mod:`pipelines.shards`.
 
 **Idempotent and resumable.** Videos are sorted by id and cut into consecutive shards of ``shard_size``: the
 assignment depends only on the listing and the config, and is recorded in ``_plan.json`` before any shard is
@@ -36,7 +30,6 @@ make ~60 MB shards).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import pickle
@@ -44,46 +37,16 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipelines import storage
+from pipelines import shards, storage
 from pipelines.ingest_config import IngestConfig, IngestError
-from sgmg.data import rle
-from sgmg.data.schema import Expression, VideoData, VideoRecord
+from sgmg.data.schema import VideoData, VideoRecord
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT_VERSION = 1
 PLAN_NAME = "_plan.json"
 MANIFEST_NAME = "manifest.json"
-ROW_GROUP_ROWS = 8  # videos per Parquet row group of a shard (the unit of a partial read)
 QUARANTINE_NAME = "quarantine.jsonl"
-_META_KEY = b"sgmg.shard"
-
-EXPRESSION_TYPE = pa.struct([("exp_id", pa.string()), ("text", pa.string()), ("obj_ids", pa.list_(pa.int64()))])
-SHARD_SCHEMA = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("frame_ids", pa.list_(pa.string())),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("frame_codec", pa.string()),
-        ("frames", pa.list_(pa.binary())),
-        ("obj_ids", pa.list_(pa.int64())),
-        ("masks", pa.list_(pa.binary())),
-        ("boxes", pa.list_(pa.float32())),
-        ("visible", pa.list_(pa.bool_())),
-        ("has_gt", pa.bool_()),
-        ("expressions", pa.list_(EXPRESSION_TYPE)),
-        ("source", pa.string()),
-    ]
-)
 
 
 @dataclass
@@ -103,7 +66,7 @@ class ShardResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Encoding / decoding of one video row (pure functions, used by the ingest tasks, the stream and the tests)
+# The plan and the rows of the output
 
 
 def shard_name(index: int, count: int) -> str:
@@ -117,192 +80,10 @@ def plan_shards(video_ids: Sequence[str], shard_size: int) -> list[list[str]]:
     return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
-def encode_image(frame: np.ndarray, codec: str, quality: int = 90) -> bytes:
-    """Encode uint8 RGB ``[H, W, 3]`` as JPEG or PNG (deterministic)."""
-    from sgmg.data.io import encode_jpeg, encode_png
-
-    return encode_jpeg(frame, quality=quality) if codec == "jpeg" else encode_png(frame)
-
-
-def encode_masks(masks: np.ndarray) -> list[bytes]:
-    """COCO RLE ``counts`` of bool ``[O, T, H, W]`` masks, flattened ``[O, T]`` row-major."""
-    o, t, h, w = masks.shape
-    if o * t == 0:
-        return []
-    return [r["counts"] for r in rle.encode(masks.reshape(o * t, h, w))]  # [O*T, H, W]
-
-
-def decode_masks(counts: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`encode_masks` without the reshape: bool ``[N, H, W]``."""
-    return rle.decode_counts(counts, height, width)
-
-
-def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes and visibility of bool ``[O, T, H, W]`` masks.
-
-    Returns:
-        ``boxes`` float32 ``[O, T, 4]`` (x0, y0, x1, y1 in pixels, x1/y1 exclusive; zeros where invisible) and
-        ``visible`` bool ``[O, T]``.
-    """
-    o, t = masks.shape[:2]
-    boxes = np.zeros((o, t, 4), dtype=np.float32)
-    rows = masks.any(-1)  # [O, T, H]
-    cols = masks.any(-2)  # [O, T, W]
-    visible = rows.any(-1)  # [O, T]
-    for i, j in zip(*np.nonzero(visible), strict=True):
-        ys = np.flatnonzero(rows[i, j])
-        xs = np.flatnonzero(cols[i, j])
-        boxes[i, j] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return boxes, visible
-
-
-def validate_video(video: VideoData) -> None:
-    """Check the shapes a reader returned; raise ``ValueError`` naming the video when they disagree."""
-    rec = video.record
-    frames = video.frames
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(
-            f"video {rec.video_id!r}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}"
-        )
-    t, h, w = frames.shape[:3]
-    if t == 0:
-        raise ValueError(f"video {rec.video_id!r} has no frames")
-    if t != len(rec.frame_ids):
-        raise ValueError(f"video {rec.video_id!r}: {t} frames decoded but {len(rec.frame_ids)} frame ids listed")
-    m = video.masks
-    if m.ndim != 4 or tuple(m.shape[1:]) != (t, h, w) or m.shape[0] != len(video.obj_ids):
-        raise ValueError(
-            f"video {rec.video_id!r}: masks {list(m.shape)} do not match frames [T={t}, H={h}, W={w}] "
-            f"and {len(video.obj_ids)} objects"
-        )
-
-
-def encode_video_row(video: VideoData, codec: str = "jpeg", quality: int = 90) -> dict:
-    """One shard row (a dict following :data:`SHARD_SCHEMA`) from a decoded video."""
-    validate_video(video)
-    rec = video.record
-    t, h, w = video.frames.shape[:3]
-    masks = video.masks.astype(bool, copy=False)
-    boxes, visible = mask_boxes(masks)
-    return {
-        "video_id": rec.video_id,
-        "dataset": rec.dataset,
-        "split": rec.split,
-        "frame_ids": list(rec.frame_ids),
-        "height": h,
-        "width": w,
-        "frame_codec": codec,
-        "frames": [encode_image(f, codec, quality) for f in video.frames],
-        "obj_ids": [int(o) for o in video.obj_ids],
-        "masks": encode_masks(masks),
-        "boxes": boxes.reshape(-1).tolist(),
-        "visible": visible.reshape(-1).tolist(),
-        "has_gt": bool(video.has_gt),
-        "expressions": [{"exp_id": e.exp_id, "text": e.text, "obj_ids": list(e.obj_ids)} for e in rec.expressions],
-        "source": json.dumps(dict(rec.source), sort_keys=True),
-    }
-
-
-def decode_frames(frames: Sequence[bytes], indices: Iterable[int] | None = None) -> np.ndarray:
-    """uint8 RGB ``[t, H, W, 3]`` of the stored frames at ``indices`` (all when None)."""
-    from sgmg.data.io import decode_image
-
-    idx = range(len(frames)) if indices is None else indices
-    return np.stack([decode_image(bytes(frames[i]), f"frame {i}") for i in idx])
-
-
-def row_expressions(row: dict) -> list[Expression]:
-    """The :class:`Expression` list of a shard row."""
-    return [Expression(e["exp_id"], e["text"], tuple(int(o) for o in e["obj_ids"])) for e in row["expressions"]]
-
-
-def row_masks(row: dict, obj_ids: Sequence[int], indices: Sequence[int] | None = None) -> np.ndarray:
-    """bool ``[O, t, H, W]`` masks of ``obj_ids`` (a subset of the row's objects) at frame ``indices``."""
-    t = len(row["frame_ids"])
-    idx = list(range(t)) if indices is None else list(indices)
-    all_ids = [int(o) for o in row["obj_ids"]]
-    h, w = int(row["height"]), int(row["width"])
-    if not row["has_gt"] or not obj_ids:
-        return np.zeros((0, len(idx), h, w), dtype=bool)
-    picks = [all_ids.index(int(o)) * t + j for o in obj_ids for j in idx]
-    return decode_masks([row["masks"][p] for p in picks], h, w).reshape(len(obj_ids), len(idx), h, w)
-
-
-def row_to_video(row: dict) -> VideoData:
-    """Decode a whole shard row back to :class:`VideoData` (tests and tools; the stream decodes clips only)."""
-    rec = VideoRecord(
-        dataset=row["dataset"],
-        split=row["split"],
-        video_id=row["video_id"],
-        frame_ids=tuple(row["frame_ids"]),
-        expressions=tuple(row_expressions(row)),
-        source=tuple(sorted(json.loads(row["source"]).items())),
-    )
-    obj_ids = [int(o) for o in row["obj_ids"]]
-    return VideoData(
-        record=rec,
-        frames=decode_frames(row["frames"]),
-        obj_ids=obj_ids,
-        masks=row_masks(row, obj_ids),
-        has_gt=bool(row["has_gt"]),
-    )
-
-
-def read_shard_rows(
-    uri: str, start: int = 0, stop: int | None = None, columns: Sequence[str] | None = None
-) -> pa.Table:
-    """Rows ``[start, stop)`` of the shard at ``uri``, reading only the row groups that hold them.
-
-    Raises:
-        StorageError: the shard cannot be read (named in the message).
-    """
-
-    def read(fs: Any, path: str) -> pa.Table:
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            end = pf.metadata.num_rows if stop is None else min(stop, pf.metadata.num_rows)
-            groups, first, offset = [], 0, 0
-            for g in range(pf.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                if offset < end and offset + n > start:
-                    first = first if groups else offset
-                    groups.append(g)
-                offset += n
-            table = pf.read_row_groups(groups, columns=list(columns) if columns else None)
-            return table.slice(start - first, max(0, end - start))
-
-    return storage.read_with(uri, read)
-
-
 def iter_rows(ranges: Iterable[tuple[str, int, int]], columns: Sequence[str] | None = None) -> Iterator[dict]:
     """The rows (dicts) of ``(shard uri, start, stop)`` ranges (:func:`row_ranges`), one range read at a time."""
     for uri, start, stop in ranges:
-        yield from read_shard_rows(str(uri), int(start), int(stop), columns).to_pylist()
-
-
-def write_shard_bytes(rows: list[dict], meta: dict) -> bytes:
-    """Serialise rows into one Parquet file (bytes) with ``meta`` JSON in its footer. Deterministic."""
-    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    buf = io.BytesIO()
-    # one row group per ~8 videos keeps memory bounded when reading; frames are already compressed
-    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd", write_statistics=False)
-    return buf.getvalue()
-
-
-def read_shard_meta(uri: str) -> dict:
-    """The ``sgmg.shard`` footer metadata of a committed shard."""
-    fs, path = storage.pyarrow_location(uri)
-    md = pq.read_metadata(path, filesystem=fs)
-    raw = (md.metadata or {}).get(_META_KEY)
-    if raw is None:
-        raise IngestError(f"{uri} is not an sgmg shard (no {_META_KEY.decode()} metadata); remove it or use a new dest")
-    return json.loads(raw)
-
-
-def read_shard(uri: str) -> pa.Table:
-    """Read a whole shard (tests and tools)."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        yield from shards.read_shard_rows(str(uri), int(start), int(stop), columns).to_pylist()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -387,14 +168,14 @@ def build_shard(
     rows, bad = [], []
     for rec in records:
         try:
-            rows.append(encode_video_row(load(rec), cfg.frame_codec, cfg.jpeg_quality))
+            rows.append(shards.encode_video_row(load(rec), cfg.frame_codec, cfg.jpeg_quality))
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - every per-video failure is quarantined, the job goes on
             bad.append(_quarantine_entry(reader, rec, err, index))
     name = shard_name(index, count)
     meta = {
-        "version": SHARD_FORMAT_VERSION,
+        "version": shards.SHARD_FORMAT_VERSION,
         "config_hash": cfg.config_hash(),
         "index": index,
         "count": count,
@@ -403,7 +184,7 @@ def build_shard(
         "rows": len(rows),
         "samples": sum(len(r["expressions"]) for r in rows),
     }
-    data = write_shard_bytes(rows, meta)
+    data = shards.write_shard_bytes(rows, meta)
     result = ShardResult(
         index=index,
         name=name,
@@ -534,7 +315,7 @@ def run_ingest(
     for i, ids in enumerate(plan["shards"]):
         name = shard_name(i, count)
         if name in existing:
-            meta = read_shard_meta(storage.join(cfg.dest, name))
+            meta = shards.read_shard_meta(storage.join(cfg.dest, name))
             if meta.get("config_hash") != chash or meta.get("video_ids") != ids:
                 raise IngestError(f"{storage.join(cfg.dest, name)} does not match the plan; delete it and rerun")
             data_hash = hashlib.sha256(storage.read_bytes(storage.join(cfg.dest, name))).hexdigest()
@@ -585,10 +366,10 @@ def run_ingest(
             "the threshold, then rerun (committed shards are kept)"
         )
     manifest = {
-        "version": SHARD_FORMAT_VERSION,
+        "version": shards.SHARD_FORMAT_VERSION,
         "config": cfg.content_key(),
         "config_hash": chash,
-        "schema": SHARD_SCHEMA.to_string(show_schema_metadata=False),
+        "schema": shards.SHARD_SCHEMA.to_string(show_schema_metadata=False),
         "shards": [
             {"name": r.name, "rows": r.rows, "samples": r.samples, "sha256": r.sha256, "video_ids": r.video_ids}
             for r in ordered
@@ -636,7 +417,7 @@ def manifest_hash(dest: str) -> str:
 
 
 def row_ranges(
-    dest: str, manifest: dict | None = None, rows_per_range: int = ROW_GROUP_ROWS
+    dest: str, manifest: dict | None = None, rows_per_range: int = shards.ROW_GROUP_ROWS
 ) -> list[tuple[str, int, int]]:
     """``(shard uri, start, stop)`` ranges of at most ``rows_per_range`` videos covering every row of the ingest.
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines import ingest
+from pipelines import ingest, shards
 from sgmg.data.sampler import RECIPES, REVERSE_PROB
 from sgmg.data.schema import ClipBatch, ClipSample
 
@@ -104,8 +104,8 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
         uniq = sorted(set(idx))
         pos = [uniq.index(i) for i in idx]
         return ClipSample(
-            frames=ingest.decode_frames(row["frames"], uniq)[pos],  # [t, H, W, 3]
-            masks=ingest.row_masks(row, exp.obj_ids, uniq)[:, pos],  # [O, t, H, W]
+            frames=shards.decode_frames(row["frames"], uniq)[pos],  # [t, H, W, 3]
+            masks=shards.row_masks(row, exp.obj_ids, uniq)[:, pos],  # [O, t, H, W]
             expression=exp.text,
             video_id=row["video_id"],
             exp_id=exp.exp_id,
@@ -143,7 +143,7 @@ def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
     n = len(row["frame_ids"])
     anchors = clip_anchors(n, cfg.num_frames) if cfg.anchored else None
     for epoch in range(cfg.epochs):
-        for exp in ingest.row_expressions(row):
+        for exp in shards.row_expressions(row):
             if not exp.obj_ids:
                 continue
             for anchor in anchors or [int(_rng(cfg, epoch, row["video_id"], exp.exp_id, -1).integers(n))]:
@@ -189,7 +189,7 @@ def tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
 
 _BLOCK_BYTES = 16 * 2**20  # target size of the clip blocks (~3 clips of 5 frames at 640x360)
 
-# the shard columns clip sampling reads (not boxes, frame codec or source)
+# the shard columns clip sampling reads (not the frame codec or source)
 CLIP_COLUMNS = (
     "video_id",
     "dataset",
@@ -211,7 +211,7 @@ def _row_ranges(dest: str, videos_per_task: int | None, shuffle_files: bool):  #
     import ray
 
     manifest = ingest.load_manifest(dest)
-    ranges = ingest.row_ranges(dest, manifest, videos_per_task or ingest.ROW_GROUP_ROWS)
+    ranges = ingest.row_ranges(dest, manifest, videos_per_task or shards.ROW_GROUP_ROWS)
     if not ranges:
         raise ingest.IngestError(f"the manifest of {dest} lists no videos; rerun `sgmg ingest` with more videos")
     items = [{"uri": u, "start": a, "stop": b} for u, a, b in ranges]
@@ -222,7 +222,7 @@ def _row_ranges(dest: str, videos_per_task: int | None, shuffle_files: bool):  #
 def _read_ranges(batch: dict[str, np.ndarray], columns: list[str] | None) -> Iterator[Any]:
     """Ray Data UDF: row ranges -> the shard rows they cover (one output block per range)."""
     for uri, a, b in zip(batch["uri"], batch["start"], batch["stop"], strict=True):
-        yield ingest.read_shard_rows(str(uri), int(a), int(b), columns)
+        yield shards.read_shard_rows(str(uri), int(a), int(b), columns)
 
 
 def _clips_of_ranges(batch: dict[str, np.ndarray], cfg: dict, clips_per_block: int) -> Iterator[dict[str, Any]]:

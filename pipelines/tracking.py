@@ -226,7 +226,6 @@ def _pyfunc_model_class() -> type:
             self, context: Any, model_input: list[dict[str, str]], params: dict | None = None
         ) -> list[dict[str, Any]]:  # noqa: ARG002
             import sgmg
-            from sgmg.data import rle
 
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
             predictor = sgmg.RVOSPredictor(self.model, sgmg.load_tokenizer(self.model.config.text.tokenizer_source))
@@ -235,7 +234,7 @@ def _pyfunc_model_class() -> type:
                 pred = predictor.predict(row["video"], row["text"])
                 out.append(
                     {
-                        "masks": [{"size": r["size"], "counts": r["counts"].decode()} for r in rle.encode(pred.masks)],
+                        "masks": predictor.postprocessor.rle(pred.masks),
                         "scores": [float(s) for s in pred.scores],
                     }
                 )

@@ -3,7 +3,9 @@
 Public API (stable)::
 
     import sgmg
-    model = sgmg.build_model("sgmg_video_swin_t")          # also _s, _b and "sgmg_tiny"
+    model = sgmg.build_model("sgmg_video_swin_t")          # also _s, _b and "sgmg_tiny"; "video_swin_t" works too
+    model = sgmg.build_model("video_swin_t", checkpoint=path)   # with weights: this project's or a released .pth
+    tokenizer = sgmg.load_tokenizer_for(model)              # the tokenizer its config records
     model = sgmg.load_checkpoint(path)                      # this project's format (safetensors + JSON config)
     model = sgmg.load_official_checkpoint(path, variant="video_swin_t")   # a released SgMg .pth
     out = model(video, input_ids, attention_mask)           # -> sgmg.model.outputs.SgMgOutput
@@ -28,6 +30,7 @@ _LAZY: dict[str, str] = {
     "save_checkpoint": "sgmg.checkpoint.io:save_checkpoint",
     "CheckpointMismatchError": "sgmg.checkpoint.io:CheckpointMismatchError",
     "load_tokenizer": "sgmg.data.tokenizer:load_tokenizer",
+    "load_tokenizer_for": "sgmg.data.tokenizer:load_tokenizer_for",
     "load_official_checkpoint": "sgmg.checkpoint.convert_official:load_official_checkpoint",
     "SgMgOutput": "sgmg.model.outputs:SgMgOutput",
     "RVOSPredictor": "sgmg.inference.predictor:RVOSPredictor",

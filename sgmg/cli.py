@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+PIPELINE_PACKAGES = ("ray", "mlflow", "boto3", "pyarrow", "requests", "matplotlib", "multipart")
+"""Top-level modules of the ``pipelines`` extra (``pip install 'sgmg[pipelines]'``), absent from a bare install."""
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Top-level parser; only ``command``'s module is imported to configure its sub-parser."""
     parser = argparse.ArgumentParser(
@@ -44,13 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sgmg`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        module = importlib.import_module(COMMANDS[args.command][0])
+        return int(module.run(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in PIPELINE_PACKAGES:
+            raise
+        print(
+            f"error: sgmg {command} needs the pipeline dependencies ({exc.name} is not installed); "
+            "install them with: pip install 'sgmg[pipelines]'",
+            file=sys.stderr,
+        )
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,15 @@ def test_console_script_help() -> None:
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "make-synthetic" in proc.stdout and "validate-dataset" in proc.stdout
+
+
+def test_pipeline_command_without_the_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sgmg import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ModuleNotFoundError, as without the extra
+    monkeypatch.setitem(cli.COMMANDS, "needs-ray", ("ray.job_submission", "a command of the pipelines extra"))
+    assert cli.main(["needs-ray"]) == 2
+    err = capsys.readouterr().err
+    assert "sgmg needs-ray" in err and "pip install 'sgmg[pipelines]'" in err

@@ -45,10 +45,10 @@ class SegmentResult:
 
 
 def decode_mask(mask: dict[str, Any]) -> np.ndarray:
-    """``{"size": [H, W], "counts": "<COCO compressed RLE>"}`` -> bool ``[H, W]``."""
-    from pycocotools import mask as mask_utils
+    """``{"size": [H, W], "counts": "<COCO compressed RLE>"}`` -> bool ``[H, W]`` (:func:`sgmg.data.rle.decode`)."""
+    from sgmg.data import rle
 
-    return mask_utils.decode({"size": mask["size"], "counts": mask["counts"].encode("ascii")}).astype(bool)
+    return rle.decode(mask)
 
 
 def segment(

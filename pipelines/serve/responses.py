@@ -34,11 +34,6 @@ def encode_frames(masks: np.ndarray, scores: np.ndarray, first_index: int) -> li
     ]
 
 
-def decode_rle(mask: dict[str, Any]) -> np.ndarray:
-    """A JSON mask ``{"size": [H, W], "counts": str}`` -> bool ``[H, W]``."""
-    return rle.decode({"size": mask["size"], "counts": mask["counts"].encode("ascii")})
-
-
 class PngZipWriter:
     """Builds the ``png_zip`` answer window by window (PNGs are compressed already: entries are stored)."""
 

@@ -2,7 +2,8 @@
 (several requests, several expressions each) through the model, one forward pass per group of equal shape.
 
 The model half of :class:`sgmg.inference.predictor.RVOSPredictor` is used as is (the visual encoder once per window,
-the rest once per expression; the same bilinear resize and threshold), so an answer equals ``sgmg predict`` on the
+the rest once per expression), and its post-processor (:class:`sgmg.eval.postprocess.MaskPostProcessor`: the same
+bilinear resize and threshold), so an answer equals ``sgmg predict`` on the
 same checkpoint, file, sentences and threshold when its windows are not batched with another request's. Batched with
 others, mask logits can differ in the last bits (float sums in another order), which flips a
 pixel only when its probability is that close to the threshold.
@@ -110,7 +111,6 @@ def load_model(
     import torch
 
     import sgmg
-    from sgmg.inference.commands import load_tokenizer_for
     from sgmg.zoo import variant_of
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,9 +125,8 @@ def load_model(
         else:
             model = sgmg.load_checkpoint(_local_checkpoint(model_uri, Path(tmp)))
             name, version, fixed = Path(model_uri.rstrip("/")).name, None, model_uri
-    tokenizer = load_tokenizer_for(model)
     amp = torch.bfloat16 if precision == "bf16" else None
-    predictor = sgmg.RVOSPredictor(model, tokenizer, device=device, amp_dtype=amp)
+    predictor = sgmg.RVOSPredictor(model, device=device, amp_dtype=amp)  # its config's tokenizer
     info = {
         "name": name,
         "version": version,
@@ -181,7 +180,9 @@ def run_jobs(loaded: LoadedModel, jobs: list[WindowJob]) -> list[WindowResult]:
         for i in members:
             job, n = jobs[i], len(jobs[i].texts)
             masks = [
-                np.packbits(predictor.postprocess(out.mask_logits[r], job.size, job.threshold).cpu().numpy())
+                np.packbits(
+                    predictor.postprocessor.masks(out.mask_logits[r], job.size, threshold=job.threshold).numpy()
+                )
                 for r in range(row, row + n)
             ]
             results[i] = WindowResult(

@@ -57,18 +57,22 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r"(^|\.)total_(ops|params)$", "thop profiling counters, not weights"),
 )
 
-VARIANTS: dict[str, str] = {
-    "video_swin_t": "sgmg_video_swin_t",
-    "video_swin_s": "sgmg_video_swin_s",
-    "video_swin_b": "sgmg_video_swin_b",
-}
-
 
 def _variant_name(variant: str) -> str:
-    v = variant.lower().removeprefix("sgmg_").removesuffix("_p4w7")
-    if v not in VARIANTS:
-        raise ValueError(f"unknown official variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    return v
+    """The released variant name (``video_swin_t``) of ``variant`` in either spelling (``sgmg_video_swin_t``).
+
+    Raises:
+        ValueError: a name the registry (:mod:`sgmg.zoo`) does not know or that has no released checkpoint.
+    """
+    from sgmg.zoo import MODELS, model_name, official_variants
+
+    try:
+        official = MODELS[model_name(variant)].pretrained.official_name
+    except ValueError:
+        official = None
+    if official is None:
+        raise ValueError(f"unknown official variant {variant!r}; valid: {', '.join(official_variants())}")
+    return official
 
 
 def map_official_key(key: str) -> str | None:
@@ -107,9 +111,9 @@ def _text_arch(state: dict[str, torch.Tensor]) -> dict:
 
 def official_config(variant: str, state: dict[str, torch.Tensor] | None = None) -> SgMgConfig:
     """The :class:`SgMgConfig` of an official variant (text encoder sized from ``state`` when given)."""
-    from sgmg.zoo import MODEL_CONFIGS
+    from sgmg.zoo import MODEL_CONFIGS, model_name
 
-    config = MODEL_CONFIGS[VARIANTS[_variant_name(variant)]]
+    config = MODEL_CONFIGS[model_name(_variant_name(variant))]
     arch = _text_arch(state) if state is not None else dict(ROBERTA_BASE_CONFIG)
     text = TextEncoderConfig(name="roberta-base", pretrained=False, arch=arch, freeze=True)
     return dataclasses.replace(config, text=text)
@@ -156,7 +160,9 @@ def _check_variant(state: dict[str, torch.Tensor], variant: str, source: str) ->
     if blocks and max(blocks) + 1 != expected_blocks:
         problems.append(f"backbone.0.body.layers.2.blocks.* has {max(blocks) + 1} blocks (expects {expected_blocks})")
     if problems:
-        found = [v for v in VARIANTS if _fits(state, v)]
+        from sgmg.zoo import official_variants
+
+        found = [v for v in official_variants() if _fits(state, v)]
         hint = f"Is this a {found[0]} checkpoint? Pass variant={found[0]!r}." if found else ""
         raise CheckpointMismatchError(source, wrong_shapes=problems, hint=f"wrong variant {variant!r}. {hint}")
 
@@ -173,7 +179,7 @@ def load_official_checkpoint(path: str | Path, variant: str = "video_swin_t") ->
 
     Args:
         path: the ``.pth`` file (``{'model': state_dict, ...}``).
-        variant: ``video_swin_t``, ``video_swin_s`` or ``video_swin_b``.
+        variant: ``video_swin_t``, ``video_swin_s`` or ``video_swin_b`` (or ``sgmg_video_swin_t``, ...).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.

@@ -1,7 +1,7 @@
 """COCO run-length encoding of binary masks (pycocotools): the one encoder and decoder of the project.
 
-Used by the dataset readers (MeViS annotations), the MeViS evaluation, the ingest shards, the MLflow pyfunc and the
-Serve answers. ``encode_json`` gives the JSON form ``{"size": [H, W], "counts": str}``.
+Used by the dataset readers (MeViS and RefCOCO annotations), the MeViS and RefCOCO evaluations, the ingest shards,
+the MLflow pyfunc and the Serve answers. ``encode_json`` gives the JSON form ``{"size": [H, W], "counts": str}``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,27 @@ def decode(rle: Mapping[str, Any]) -> np.ndarray:
         return mask_utils.decode(rle).astype(bool)
     except Exception as err:  # pycocotools raises assorted types on malformed input
         raise ValueError(f"not a valid COCO RLE ({err})") from err
+
+
+def decode_segmentation(segmentation: object, height: int, width: int) -> np.ndarray:
+    """bool ``[H, W]`` of a COCO annotation's ``segmentation``: polygons (a list of ``[x0, y0, x1, y1, ...]``; none:
+    an empty mask), an uncompressed RLE or a compressed one.
+
+    Raises:
+        ValueError: a segmentation of another type or a malformed one (the pycocotools error is the ``__cause__``).
+    """
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, dict):
+        return decode(segmentation)
+    if not isinstance(segmentation, list):
+        raise ValueError(f"unknown segmentation type {type(segmentation).__name__}")
+    if not segmentation:
+        return np.zeros((height, width), dtype=bool)
+    try:
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))).astype(bool)
+    except Exception as err:  # pycocotools raises assorted types on malformed input
+        raise ValueError(f"not valid COCO polygons ({err})") from err
 
 
 def decode_counts(counts: Sequence[bytes], height: int, width: int) -> np.ndarray:

@@ -1,11 +1,9 @@
-"""Clip sampling and the SgMg training augmentations, as pure functions of ``(sample, numpy Generator)``.
+"""The SgMg training augmentations, as pure functions of ``(sample, numpy Generator)`` (clip sampling is in
+:mod:`sgmg.data.sampler`).
 
 Facts from the official SgMg code (``datasets/ytvos.py``, ``datasets/transforms_video.py``,
-``datasets/transforms_image.py``, ``datasets/refexp.py``; see ``reference/sgmg_official_notes.md`` §3.3), written anew:
+``datasets/transforms_image.py``, ``datasets/refexp.py``; github.com/bo-miao/SgMg), written anew:
 
-* clip sampling (``sample_clip_indices``): anchor + one neighbour 1-3 frames before and one 1-3 after + random "global"
-  frames from the rest, sorted, reversed with p=0.3; a clip where the referred object is never visible is redrawn
-  (``train_clip``);
 * video recipe (``augment_video``): RandomSelect(p=0.5) of ``resize(short in VIDEO_SCALES, max 640)`` and
   ``resize(short in {400,500,600}) -> random size crop [384, 600] -> resize(short in VIDEO_SCALES, max 640)``, then a
   horizontal flip (p=0.5) that swaps left/right words in the caption, then photometric distortion drawn per frame;
@@ -14,7 +12,7 @@ Facts from the official SgMg code (``datasets/ytvos.py``, ``datasets/transforms_
   no photometric distortion;
 * evaluation: short side 360 (``resize_short_side``).
 
-Deliberate differences, each a fix of an official quirk (§7.10 of the notes):
+Deliberate differences, each a fix of an official quirk:
 
 * the caption flip swaps whole words (``left``/``right``, ``leftmost``/``rightmost``, ...), not substrings, so
   "leftover" stays as it is;

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sgmg.data import rle
 from sgmg.eval.common import EvalInputError, EvalResult, foreground, raise_if_missing, read_label_png
 
 __all__ = ["PRECISION_THRESHOLDS", "IoUAccumulator", "evaluate"]
@@ -67,8 +68,6 @@ class IoUAccumulator:
 
 
 def _coco_ground_truth(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    from pycocotools import mask as mask_utils
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -85,19 +84,8 @@ def _coco_ground_truth(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         for ann in by_image.get(image["id"], []):
             seg = ann.get("segmentation")
             try:
-                if isinstance(seg, list):  # polygons
-                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width)) if seg else None
-                elif isinstance(seg, dict):
-                    rle = dict(seg)
-                    if isinstance(rle["counts"], list):
-                        rle = mask_utils.frPyObjects(rle, height, width)
-                    elif isinstance(rle["counts"], str):
-                        rle["counts"] = rle["counts"].encode("ascii")
-                else:
-                    raise TypeError(f"segmentation of type {type(seg).__name__}")
-                if rle is not None:
-                    mask |= mask_utils.decode(rle).astype(bool)
-            except Exception as err:  # pycocotools raises assorted types on malformed input
+                mask |= rle.decode_segmentation(seg, height, width)
+            except ValueError as err:
                 raise EvalInputError(f"{path}: bad segmentation in annotation {ann.get('id')} ({err})") from err
         yield name, mask
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from sgmg.data.tokenizer import load_tokenizer_for  # also imported from here by pipelines/demo_report.py
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgmg predict``."""
@@ -30,7 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder: masks/<frame>.png, overlay.mp4, prediction.json")
     parser.add_argument("--window", type=int, default=36, help="frames per forward pass (bounds memory; default 36)")
-    parser.add_argument("--short-side", type=int, default=360, help="resize frames to this short side (default 360)")
+    parser.add_argument(
+        "--short-side", type=int, help="resize frames to this short side (default: the model variant's, 360)"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
@@ -117,22 +121,3 @@ def _load_model(args: argparse.Namespace):
     if args.checkpoint:
         return sgmg.load_checkpoint(args.checkpoint)
     return sgmg.load_official_checkpoint(args.official, variant=args.variant)
-
-
-def load_tokenizer_for(model, name_or_path: str | None = None):
-    """The tokenizer of ``model``'s text encoder.
-
-    ``name_or_path`` wins when given; otherwise the tokenizer the model's config records
-    (:attr:`sgmg.config.TextEncoderConfig.tokenizer`). The tokenizer's vocabulary must fit the encoder's embeddings.
-    """
-    from sgmg.data.tokenizer import load_tokenizer
-
-    text = model.config.text
-    tokenizer = load_tokenizer(name_or_path if name_or_path is not None else text.tokenizer_source)
-    vocab = model.text_encoder.model.config.vocab_size
-    if len(tokenizer) > vocab:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the text encoder only {vocab} embeddings; "
-            "pass --tokenizer with the tokenizer the text encoder was trained with"
-        )
-    return tokenizer

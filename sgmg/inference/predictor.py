@@ -3,8 +3,9 @@
 Follows the official inference recipe (SgMg ``inference_ytvos.py``/``inference_davis.py``): frames are resized so the
 short side is 360 pixels, ImageNet-normalised, the model pads them to a multiple of 16, the best query is chosen per
 window from its mean score over the window's frames, and the chosen query's refined mask logits are resized
-bilinearly to the original resolution and thresholded at probability 0.5. Long videos are processed in windows of
-``window`` frames (36, as the official Ref-DAVIS protocol) so memory stays bounded.
+bilinearly to the original resolution and thresholded at probability 0.5 (:class:`sgmg.eval.postprocess.
+MaskPostProcessor`). Long videos are processed in windows of ``window`` frames (36, as the official Ref-DAVIS
+protocol) so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,24 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgmg.data.schema import ClipBatch
-from sgmg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sgmg.data.transforms import EVAL_SHORT_SIDE, IMAGENET_MEAN, IMAGENET_STD
+from sgmg.eval.postprocess import MaskPostProcessor, SelectedQuery
 from sgmg.inference.sources import FrameSource
 from sgmg.model.outputs import SgMgOutput
-
-
-@dataclass
-class WindowOutput:
-    """What the model gives for N expressions over windows of t frames (:meth:`RVOSPredictor.forward_windows`).
-
-    Attributes:
-        mask_logits: float32 ``[N, t, h, w]`` refined mask logits of each row's best query, at the model's input size.
-        scores: float32 ``[N, t]`` score (sigmoid) of that query in each frame.
-        best_query: long ``[N]`` the chosen query of each row.
-    """
-
-    mask_logits: torch.Tensor
-    scores: torch.Tensor
-    best_query: torch.Tensor
 
 
 @dataclass
@@ -59,11 +47,15 @@ class Prediction:
 class RVOSPredictor:
     """Wraps an SgMg model (composition, like SAM's ``SamPredictor``) for inference on raw frames.
 
+    The normalisation (mean/std) and the default short side are those of the model's variant
+    (:func:`sgmg.zoo.pretrained_config`).
+
     Args:
         model: an ``SgMg`` model; it is put in eval mode.
-        tokenizer: the Hugging Face tokenizer of the model's text encoder.
+        tokenizer: the Hugging Face tokenizer of the model's text encoder; None: the one its config records
+            (:func:`sgmg.data.tokenizer.load_tokenizer_for`).
         device: where to run (``"cpu"``, ``"cuda"``, ...).
-        short_side: frames are resized so their short side has this many pixels (official: 360).
+        short_side: frames are resized so their short side has this many pixels; None: the variant's (official: 360).
         max_side: optional cap on the long side after resizing.
         threshold: probability above which a pixel is foreground.
         amp_dtype: optional autocast dtype (e.g. ``torch.bfloat16`` on GPU); None runs in float32.
@@ -72,24 +64,27 @@ class RVOSPredictor:
     def __init__(
         self,
         model: nn.Module,
-        tokenizer,
+        tokenizer: Any = None,
         *,
         device: str | torch.device = "cpu",
-        short_side: int = 360,
+        short_side: int | None = None,
         max_side: int | None = None,
         threshold: float = 0.5,
         amp_dtype: torch.dtype | None = None,
     ) -> None:
+        from sgmg.data.tokenizer import load_tokenizer_for
+        from sgmg.zoo import pretrained_config
+
+        self.pretrained = pretrained_config(model.config)
+        short_side = self.pretrained.short_side if short_side is None else short_side
         if short_side < 32:
             raise ValueError(f"short_side must be >= 32 pixels, got {short_side}")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold is a probability in (0, 1), got {threshold}")
+        self.postprocessor = MaskPostProcessor(threshold=threshold)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer_for(model) if tokenizer is None else tokenizer
         self.short_side = short_side
         self.max_side = max_side
-        self.threshold = threshold
         self.amp_dtype = amp_dtype
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +96,8 @@ class RVOSPredictor:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``[T, H, W, 3]`` -> float ``[1, T, 3, h, w]`` resized and ImageNet-normalised."""
-        return preprocess_frames(frames, self.short_side, self.max_side, self.device).unsqueeze(0)
+        mean, std = self.pretrained.mean, self.pretrained.std
+        return preprocess_frames(frames, self.short_side, self.max_side, self.device, mean=mean, std=std).unsqueeze(0)
 
     @torch.inference_mode()
     def predict_batch(self, batch: ClipBatch) -> SgMgOutput:
@@ -127,7 +123,7 @@ class RVOSPredictor:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         video_index: torch.Tensor | None = None,
-    ) -> WindowOutput:
+    ) -> SelectedQuery:
         """The model's part: the visual encoder once per window, the rest once per expression.
 
         Args:
@@ -136,7 +132,7 @@ class RVOSPredictor:
             video_index: ``[N]`` long, the window each expression refers to (None: N = B, row i -> window i).
 
         Returns:
-            :class:`WindowOutput` with N rows.
+            :class:`~sgmg.eval.postprocess.SelectedQuery` with N rows.
         """
         video = video.to(self.device)
         if video_index is not None:
@@ -144,31 +140,12 @@ class RVOSPredictor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             visual = self.model.encode_video(video)
             out = self.model.decode(visual, input_ids.to(self.device), attention_mask.to(self.device), video_index)
-        best = out.best_query  # [N]
-        logits = out.pred_logits.float()  # [N, t, Q]
-        scores = logits.gather(2, best[:, None, None].expand(-1, logits.shape[1], 1))[..., 0].sigmoid()  # [N, t]
-        return WindowOutput(out.pred_masks.float(), scores, best)
+        return self.postprocessor.select(out)
 
-    @torch.inference_mode()
-    def postprocess(
-        self, mask_logits: torch.Tensor, size: tuple[int, int], threshold: float | None = None, chunk: int = 8
-    ) -> torch.Tensor:
-        """One expression's mask logits ``[t, h, w]`` at model input size -> bool masks ``[t, H, W]`` at ``size``.
-
-        Bilinear resize of the logits, then ``sigmoid > threshold`` (the predictor's by default), ``chunk`` frames at
-        a time so memory stays bounded at high resolution (each frame is resized on its own: same values).
-        """
-        threshold = self.threshold if threshold is None else threshold
-        parts = [
-            self.probabilities(mask_logits[i : i + chunk], size) > threshold for i in range(0, len(mask_logits), chunk)
-        ]
-        return torch.cat(parts)
-
-    @staticmethod
-    def probabilities(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Mask logits ``[t, h, w]`` -> probabilities ``[t, H, W]`` resized bilinearly to ``size``."""
-        logits = F.interpolate(mask_logits.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-        return logits[:, 0].sigmoid()
+    @property
+    def threshold(self) -> float:
+        """The mask probability threshold (:attr:`postprocessor`'s)."""
+        return self.postprocessor.threshold
 
     @torch.inference_mode()
     def segment_window(
@@ -179,7 +156,7 @@ class RVOSPredictor:
         video = self.preprocess(frames)
         index = torch.zeros(input_ids.shape[0], dtype=torch.long)
         out = self.forward_windows(video, input_ids, attention_mask, index)
-        masks = torch.stack([self.postprocess(row, frames.shape[1:3]) for row in out.mask_logits])
+        masks = torch.stack([self.postprocessor.masks(row, frames.shape[1:3]) for row in out.mask_logits])
         return masks, out.scores, out.best_query
 
     @torch.inference_mode()
@@ -189,7 +166,8 @@ class RVOSPredictor:
         """One window, one expression: uint8 ``[t, H, W, 3]`` -> probabilities ``[t, H, W]``, scores ``[t]``, best
         query."""
         out = self.forward_windows(self.preprocess(frames), input_ids, attention_mask)
-        return self.probabilities(out.mask_logits[0], frames.shape[1:3]), out.scores[0], int(out.best_query[0])
+        probs = self.postprocessor.probabilities(out.mask_logits[0], frames.shape[1:3])
+        return probs, out.scores[0], int(out.best_query[0])
 
     def iter_predict(
         self, video: str | Path | np.ndarray, text: str, *, window: int = 36
@@ -232,10 +210,16 @@ def input_size(h: int, w: int, short_side: int, max_side: int | None = None) -> 
 
 
 def preprocess_frames(
-    frames: np.ndarray, short_side: int = 360, max_side: int | None = None, device: str | torch.device = "cpu"
+    frames: np.ndarray,
+    short_side: int = EVAL_SHORT_SIDE,
+    max_side: int | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
 ) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, h, w]``: resized (bilinear, antialiased) so the short side is
-    ``short_side`` and ImageNet-normalised (the official inference recipe)."""
+    ``short_side`` and normalised with ``mean``/``std`` (ImageNet's: the official inference recipe)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     video = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
@@ -243,9 +227,9 @@ def preprocess_frames(
     size = input_size(*frames.shape[1:3], short_side, max_side)
     if size != tuple(frames.shape[1:3]):
         video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1)
-    return (video - mean) / std  # [T, 3, h, w]
+    mean_t = torch.tensor(mean, device=video.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=video.device).view(1, 3, 1, 1)
+    return (video - mean_t) / std_t  # [T, 3, h, w]
 
 
 def _windows(video: str | Path | np.ndarray, window: int) -> Iterator[tuple[int, np.ndarray]]:

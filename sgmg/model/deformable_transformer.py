@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from sgmg.model.layers import inverse_sigmoid
+from sgmg.model.layers import refine_boxes
 from sgmg.model.ops.ms_deform_attn import MultiScaleDeformableAttention
 
 
@@ -250,11 +250,7 @@ class DeformableTransformer(nn.Module):
                 ref_in = ref[:, :, None] * valid_ratios[:, None]
             output = self._run(layer, output, query_pos, ref_in, memory, spatial_shapes, mask_flat)
             delta = box_heads[lid](output)  # [B*T, Q, 4]
-            if ref.shape[-1] == 4:
-                new_ref = (delta + inverse_sigmoid(ref)).sigmoid()
-            else:
-                new_ref = torch.cat([delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]], -1).sigmoid()
-            ref = new_ref.detach()
+            ref = refine_boxes(delta, ref).detach()  # [B*T, Q, 4]
             hs.append(output)
             refs.append(ref)
 

@@ -34,3 +34,20 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``log(x / (1 - x))`` with both terms clamped at ``eps`` (Deformable DETR)."""
     x = x.clamp(min=0.0, max=1.0)
     return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
+
+
+def refine_boxes(delta: Tensor, ref: Tensor) -> Tensor:
+    """Iterative box refinement (Deformable DETR): the box head's ``delta`` applied to reference points ``ref`` in
+    logit space.
+
+    Args:
+        delta: ``[..., 4]`` box-head output (cx, cy, w, h offsets in logit space).
+        ref: ``[..., 4]`` reference boxes or ``[..., 2]`` reference points (cx, cy) in [0, 1]; with points, w and h
+            come from ``delta`` alone.
+
+    Returns:
+        ``[..., 4]`` boxes (cx, cy, w, h) in [0, 1].
+    """
+    if ref.shape[-1] == 4:
+        return (delta + inverse_sigmoid(ref)).sigmoid()
+    return torch.cat([delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]], -1).sigmoid()

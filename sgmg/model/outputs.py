@@ -35,7 +35,7 @@ class LayerOutput:
 class SgMgOutput:
     """What ``SgMg.forward`` returns.
 
-    Eval mode (the public contract of DESIGN.md):
+    Eval mode (the public contract, stable; see ``sgmg/__init__.py``):
         pred_logits: ``[B, T, Q]`` score logits of all queries (last decoder layer).
         pred_boxes: ``[B, T, Q, 4]`` (cx, cy, w, h) in [0, 1].
         best_query: ``[B]`` the query chosen for the video (highest mean score over frames).

@@ -14,11 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgmg.model.layers import MLP, inverse_sigmoid
+from sgmg.model.layers import MLP, refine_boxes
 from sgmg.model.outputs import LayerOutput, SgMgOutput, VisualFeatures
 from sgmg.model.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 
 QuerySelector = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+TRAIN_PAD_MULTIPLE = 32
+"""Training inputs are zero-padded (bottom/right) to a multiple of this many pixels (official)."""
+EVAL_PAD_MULTIPLE = 16
+"""Eval inputs are zero-padded to a multiple of this many pixels (official inference)."""
 
 
 class SgMg(nn.Module):
@@ -151,7 +156,7 @@ class SgMg(nn.Module):
         b, t, _, h, w = video.shape
         if pad_mask is not None and pad_mask.shape != (b, h, w):
             raise ValueError(f"pad_mask must be bool [B, H, W] = {(b, h, w)}, got {tuple(pad_mask.shape)}")
-        mult = 32 if self.training else 16
+        mult = TRAIN_PAD_MULTIPLE if self.training else EVAL_PAD_MULTIPLE
         hp, wp = -(-h // mult) * mult, -(-w // mult) * mult
         video = F.pad(video, (0, wp - w, 0, hp - h))
         mask = torch.ones(b, hp, wp, dtype=torch.bool, device=video.device)
@@ -218,13 +223,8 @@ class SgMg(nn.Module):
         layer_ids = range(len(hs)) if self.training else [len(hs) - 1]
         for lvl in layer_ids:
             logits = self.class_embed[lvl](hs[lvl])[..., 0].view(b, t, q)  # [B, T, Q]
-            ref = inverse_sigmoid(init_ref if lvl == 0 else refs[lvl - 1])
             delta = self.bbox_embed[lvl](hs[lvl])  # [B*T, Q, 4]
-            if ref.shape[-1] == 4:
-                boxes = (delta + ref).sigmoid()
-            else:
-                boxes = torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()
-            boxes = boxes.view(b, t, q, 4)
+            boxes = refine_boxes(delta, init_ref if lvl == 0 else refs[lvl - 1]).view(b, t, q, 4)
             centers = refs[lvl][..., :2].reshape(b, t, q, 2)
             patch = self.mask_head(mask_feats, hs[lvl].view(b, t, q, c), centers, image_size)  # [B,T,Q,16,h8,w8]
             low = F.pixel_shuffle(patch.flatten(0, 2), self.refiner.patch_size).view(b, t, q, hp // 2, wp // 2)

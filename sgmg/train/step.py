@@ -169,31 +169,44 @@ def train_step(
         scaled = total / accum_steps
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
     if boundary:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        params = _trainable(optimizer)
-        max_norm = clip_max_norm if clip_max_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        metrics.grad_norm = grad_norm
-        if scaler is not None:
-            # fp16 overflow is routine while the scale calibrates: the scaler skips the step itself.
-            scale_before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            metrics.stepped = scaler.get_scale() >= scale_before
-            nonfinite.ok()
-        elif math.isfinite(grad_norm):
-            optimizer.step()
-            metrics.stepped = True
-            nonfinite.ok()
-        else:
-            nonfinite.bad("gradient norm", step_index)
-            metrics.skipped_nonfinite = True
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(optimizer, scaler, clip_max_norm, nonfinite, step_index, metrics)
     else:
         nonfinite.ok()
     metrics.nonfinite_total = nonfinite.total
     return metrics
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_max_norm: float,
+    nonfinite: NonFiniteGuard,
+    step_index: int,
+    metrics: StepMetrics,
+) -> None:
+    """The end of an accumulation window: unscale, clip and measure the gradient norm, step unless it is non-finite,
+    zero the gradients; fills ``metrics.grad_norm``, ``stepped`` and ``skipped_nonfinite``."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = _trainable(optimizer)
+    max_norm = clip_max_norm if clip_max_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    metrics.grad_norm = grad_norm
+    if scaler is not None:
+        # fp16 overflow is routine while the scale calibrates: the scaler skips the step itself.
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        metrics.stepped = scaler.get_scale() >= scale_before
+        nonfinite.ok()
+    elif math.isfinite(grad_norm):
+        optimizer.step()
+        metrics.stepped = True
+        nonfinite.ok()
+    else:
+        nonfinite.bad("gradient norm", step_index)
+        metrics.skipped_nonfinite = True
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _finite_everywhere(finite: bool, model: nn.Module, device: torch.device) -> bool:
@@ -230,7 +243,8 @@ class ValidationMetrics:
 def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion | None = None) -> ValidationMetrics:
     """Evaluate one batch: J and F of the predicted masks, and the loss when a criterion is given.
 
-    The masks come from an eval-mode forward (best query by mean score, refined, thresholded at 0). The loss needs the
+    The masks come from an eval-mode forward (best query by mean score, refined) through
+    :class:`~sgmg.eval.postprocess.MaskPostProcessor` (cropped to each video, probability 0.5). The loss needs the
     training-mode outputs, so it is computed with a second, gradient-free forward in train mode (dropout active, as
     upstream's losses always are); the model's mode is restored afterwards.
 
@@ -246,6 +260,7 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
         ValueError: if the batch has no targets.
     """
     from sgmg.eval.metrics import f_measure, jaccard  # eval is a sibling package; imported where used
+    from sgmg.eval.postprocess import MaskPostProcessor
 
     if batch.targets is None:
         raise ValueError("validation_step needs a batch with targets (ClipBatch.targets is None)")
@@ -253,10 +268,12 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
     try:
         model.eval()
         out = model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
+        sizes = [tuple(tgt.size) for tgt in batch.targets]
+        preds = MaskPostProcessor()(out, sizes, valid_sizes=sizes)  # B x bool [T, h, w], cropped to each video
         per_video = []
-        for b, tgt in enumerate(batch.targets):
+        for tgt, pred_masks in zip(batch.targets, preds, strict=True):
             h, w = tgt.size
-            pred = (out.pred_masks[b, :, :h, :w] > 0).cpu().numpy()  # [T, h, w]
+            pred = pred_masks.cpu().numpy()  # [T, h, w]
             gt = (tgt.masks[:, :, :h, :w] > 0.5).any(0).cpu().numpy()  # [T, h, w] union of the referred objects
             per_video.append((float(jaccard(gt, pred).mean()), float(f_measure(gt, pred).mean())))
         loss = None

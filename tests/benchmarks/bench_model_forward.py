@@ -1,8 +1,8 @@
 """Eval-forward latency of SgMg on CPU (2 threads).
 
 Default: ``sgmg_video_swin_t`` (RoBERTa-base-sized text encoder, random weights) on one video of 3 frames at
-192x256, the setting in which the official code takes about 10.5 s on a 2-core CPU
-(``reference/sgmg_official_notes.md`` §7.5). Prints the median of ``--runs`` timed runs after one warm-up.
+192x256, the setting in which the official code took about 10.5 s on a 2-core CPU (measured outside the repo). Prints
+the median of ``--runs`` timed runs after one warm-up.
 
     .venv/bin/python tests/benchmarks/bench_model_forward.py [--model sgmg_video_swin_t] [--runs 5]
 """

@@ -118,17 +118,17 @@ def _decode_rows(args: tuple[str, list[int]]) -> int:
     path, _ = args
     import pyarrow.parquet as pq
 
-    from pipelines import ingest
+    from pipelines import shards
     from sgmg.data.sampler import clip_anchors, sample_clip_indices
 
     n = 0
     for row in pq.read_table(path).to_pylist():
         t = len(row["frame_ids"])
-        for exp in ingest.row_expressions(row):
+        for exp in shards.row_expressions(row):
             for a in clip_anchors(t, NUM_FRAMES):
                 idx = sorted(set(sample_clip_indices(t, a, NUM_FRAMES, np.random.default_rng(a))))
-                ingest.decode_frames(row["frames"], idx)
-                ingest.row_masks(row, exp.obj_ids, idx)
+                shards.decode_frames(row["frames"], idx)
+                shards.row_masks(row, exp.obj_ids, idx)
                 n += 1
     return n
 

@@ -91,7 +91,8 @@ def test_mismatched_weights_name_the_keys(tiny, tmp_path: Path) -> None:
 def test_pretrained_local_text_encoder_round_trip(tmp_path: Path) -> None:
     """A text encoder loaded from a local folder is stored self-contained (architecture inlined, no folder needed)."""
     from sgmg.config import TextEncoderConfig
-    from sgmg.model.text_encoder import default_tokenizer, minilm_folder
+    from sgmg.data.tokenizer import BUNDLED_TOKENIZER, load_tokenizer
+    from sgmg.model.text_encoder import minilm_folder
 
     text = TextEncoderConfig(name=str(minilm_folder()), pretrained=True)
     model = build_model("sgmg_tiny", text=text)
@@ -102,7 +103,7 @@ def test_pretrained_local_text_encoder_round_trip(tmp_path: Path) -> None:
     loaded = load_checkpoint(tmp_path / "c")
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    tokens = default_tokenizer()(["a red car"], return_tensors="pt")
+    tokens = load_tokenizer(BUNDLED_TOKENIZER)(["a red car"], return_tensors="pt")
     with torch.no_grad():
         out = loaded(torch.randn(1, 1, 3, 64, 96), tokens["input_ids"], tokens["attention_mask"])
     assert out.pred_masks.shape == (1, 1, 64, 96)

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sgmg.eval.boundary import boundary_map, boundary_radius, dilate, disk
 from sgmg.eval.metrics import (
-    boundary_map,
-    boundary_radius,
-    dilate,
-    disk,
     f_measure,
     jaccard,
     object_statistics,

@@ -6,9 +6,9 @@ Both are generic: Train, Tune and Serve tests reuse them.
   (dummy credentials, ``AWS_ENDPOINT_URL``) at it, for boto3, pyarrow and every Ray worker started afterwards.
   ``s3_bucket`` makes a fresh empty bucket per test.
 * ``ray_cluster`` starts ``ray.init(num_cpus=4, include_dashboard=True)`` with ``RAY_AUTH_MODE=disabled``: 4 logical
-  CPUs on a 2-core box, because Ray Data + Train deadlock with fewer (reference/ray_2.60_notes.md, item 0.5), and
-  the dashboard on, because Train V2's placement-group cleaner needs it (item 0.6). It depends on ``s3_server`` so
-  that the workers inherit the S3 environment. It always shuts Ray down.
+  CPUs on a 2-core box, because Ray Data + Train deadlock with fewer, and the dashboard on, because Train V2's
+  placement-group cleaner needs it. It depends on ``s3_server`` so that the workers inherit the S3 environment. It
+  always shuts Ray down.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import ingest
+from pipelines import ingest, shards
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 
@@ -33,47 +33,43 @@ def _video(t: int = 3, h: int = 20, w: int = 24, n_obj: int = 2, seed: int = 0) 
 
 def test_row_roundtrip_png_is_exact() -> None:
     video = _video()
-    row = ingest.encode_video_row(video, codec="png")
-    back = ingest.row_to_video(row)
+    row = shards.encode_video_row(video, codec="png")
+    back = shards.row_to_video(row)
     np.testing.assert_array_equal(back.frames, video.frames)
     np.testing.assert_array_equal(back.masks, video.masks)
     assert back.record == video.record and back.obj_ids == [1, 2]
-    boxes = np.asarray(row["boxes"]).reshape(2, 3, 4)
-    np.testing.assert_array_equal(boxes[0, 0], [3, 2, 11, 7])  # x0 y0 x1 y1, exclusive ends
-    np.testing.assert_array_equal(boxes[1, 0], [0, 10, 5, 19])
-    assert not boxes[1, 1].any()
     assert row["visible"] == [True, True, True, True, False, False]
     # a subset of objects and frames, in the requested order
-    sub = ingest.row_masks(row, [2], [0, 2])
+    sub = shards.row_masks(row, [2], [0, 2])
     assert sub.shape == (1, 2, 20, 24) and sub[0, 0].sum() == 45 and not sub[0, 1].any()
 
 
 def test_row_roundtrip_jpeg_is_close() -> None:
     video = _video(h=64, w=64)
     video.frames[:] = np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None]  # smooth ramp: JPEG-friendly
-    row = ingest.encode_video_row(video, codec="jpeg", quality=90)
-    back = ingest.decode_frames(row["frames"])
+    row = shards.encode_video_row(video, codec="jpeg", quality=90)
+    back = shards.decode_frames(row["frames"])
     assert np.abs(back.astype(int) - video.frames).mean() < 2.0
-    np.testing.assert_array_equal(ingest.row_masks(row, [1, 2]), video.masks)  # masks stay exact
+    np.testing.assert_array_equal(shards.row_masks(row, [1, 2]), video.masks)  # masks stay exact
 
 
 def test_validate_rejects_mask_frame_mismatch() -> None:
     video = _video()
     video.masks = video.masks[:, :, :10]
     with pytest.raises(ValueError, match="v1.*masks"):
-        ingest.encode_video_row(video)
+        shards.encode_video_row(video)
 
 
 def test_shard_bytes_are_deterministic_and_carry_metadata(tmp_path) -> None:
-    rows = [ingest.encode_video_row(_video(seed=s), codec="png") for s in range(2)]
+    rows = [shards.encode_video_row(_video(seed=s), codec="png") for s in range(2)]
     meta = {"config_hash": "abc", "video_ids": ["v1", "v1"], "quarantine": [{"video_id": "x"}], "rows": 2, "samples": 4}
-    a = ingest.write_shard_bytes(rows, meta)
-    assert a == ingest.write_shard_bytes(rows, meta)
+    a = shards.write_shard_bytes(rows, meta)
+    assert a == shards.write_shard_bytes(rows, meta)
     path = tmp_path / "shard-00000-of-00001.parquet"
     path.write_bytes(a)
-    assert ingest.read_shard_meta(str(path))["quarantine"] == [{"video_id": "x"}]
+    assert shards.read_shard_meta(str(path))["quarantine"] == [{"video_id": "x"}]
     table = pq.read_table(io.BytesIO(a))
-    assert table.schema.remove_metadata() == ingest.SHARD_SCHEMA and table.num_rows == 2
+    assert table.schema.remove_metadata() == shards.SHARD_SCHEMA and table.num_rows == 2
 
 
 def test_plan_is_deterministic_and_complete() -> None:
@@ -135,21 +131,21 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 
 def test_read_shard_rows_reads_any_range_across_row_groups(tmp_path) -> None:
-    n = ingest.ROW_GROUP_ROWS + 3  # two row groups
-    rows = [ingest.encode_video_row(_video(t=1, h=4, w=4, seed=s), codec="png") for s in range(n)]
+    n = shards.ROW_GROUP_ROWS + 3  # two row groups
+    rows = [shards.encode_video_row(_video(t=1, h=4, w=4, seed=s), codec="png") for s in range(n)]
     for i, r in enumerate(rows):
         r["video_id"] = f"v{i:02d}"
     path = tmp_path / "shard-00000-of-00001.parquet"
-    path.write_bytes(ingest.write_shard_bytes(rows, {"rows": n}))
+    path.write_bytes(shards.write_shard_bytes(rows, {"rows": n}))
     assert pq.ParquetFile(path).num_row_groups == 2
-    for start, stop in [(0, n), (0, 1), (5, ingest.ROW_GROUP_ROWS + 2), (n - 1, n), (3, 3)]:
-        table = ingest.read_shard_rows(str(path), start, stop, ["video_id"])
+    for start, stop in [(0, n), (0, 1), (5, shards.ROW_GROUP_ROWS + 2), (n - 1, n), (3, 3)]:
+        table = shards.read_shard_rows(str(path), start, stop, ["video_id"])
         assert table.column_names == ["video_id"]
         assert table.column("video_id").to_pylist() == [f"v{i:02d}" for i in range(start, stop)]
-    assert ingest.read_shard_rows(str(path)).num_rows == n
+    assert shards.read_shard_rows(str(path)).num_rows == n
     manifest = {"shards": [{"name": path.name, "rows": n}, {"name": "shard-x.parquet", "rows": 2}]}
     ranges = ingest.row_ranges(str(tmp_path), manifest)
-    assert [(r[1], r[2]) for r in ranges] == [(0, ingest.ROW_GROUP_ROWS), (ingest.ROW_GROUP_ROWS, n), (0, 2)]
+    assert [(r[1], r[2]) for r in ranges] == [(0, shards.ROW_GROUP_ROWS), (shards.ROW_GROUP_ROWS, n), (0, 2)]
     assert ranges[0][0] == str(path)
     assert len(ingest.row_ranges(str(tmp_path), manifest, rows_per_range=1)) == n + 2
 

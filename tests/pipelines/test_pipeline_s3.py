@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import ray.cloudpickle
 
-from pipelines import ingest, storage, stream
+from pipelines import ingest, shards, storage, stream
 
 pytestmark = pytest.mark.integration
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules by name
@@ -110,7 +110,7 @@ def test_ingest_quarantines_bad_videos_only(ingested, s3_dataset) -> None:
 
     stored = []
     for shard in manifest["shards"]:
-        table = ingest.read_shard(f"{ingested['dest']}/{shard['name']}")
+        table = shards.read_shard(f"{ingested['dest']}/{shard['name']}")
         assert table.num_rows == shard["rows"]
         stored += table.column("video_id").to_pylist()
     good = [f"vid{i:03d}" for i in range(N_VIDEOS) if f"vid{i:03d}" not in (CORRUPT_FRAME, BAD_MASK)]
@@ -241,8 +241,8 @@ def test_killed_ingest_resumes_to_identical_result(ingested, s3_server, s3_datas
     assert any("resuming" in line for line in lines)
     for got, want in zip(summary.manifest["shards"], ingested["summary"].manifest["shards"], strict=True):
         assert got == want, (
-            ingest.read_shard_meta(f"{dest}/{got['name']}"),
-            ingest.read_shard_meta(f"{ingested['dest']}/{want['name']}"),
+            shards.read_shard_meta(f"{dest}/{got['name']}"),
+            shards.read_shard_meta(f"{ingested['dest']}/{want['name']}"),
         )
     assert summary.manifest == ingested["summary"].manifest  # same shards, rows, hashes, config
     assert storage.read_bytes(f"{dest}/quarantine.jsonl") == storage.read_bytes(f"{ingested['dest']}/quarantine.jsonl")

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import ingest, stream
+from pipelines import ingest, shards, stream
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_clip_blocks_stream_in_small_pieces(shard, monkeypatch) -> None:
     table, _ = shard
     batch = {"uri": np.array(["x"]), "start": np.array([0]), "stop": np.array([3])}
     cfg = asdict(stream.ClipConfig(num_frames=2, recipe="none", seed=0))
-    monkeypatch.setattr(ingest, "read_shard_rows", lambda uri, a, b, columns: table.slice(a, b - a))  # noqa: ARG005
+    monkeypatch.setattr(shards, "read_shard_rows", lambda uri, a, b, columns: table.slice(a, b - a))  # noqa: ARG005
     blocks = list(stream._clips_of_ranges(batch, cfg, clips_per_block=3))
     sizes = [len(b["video_id"]) for b in blocks]
     expected = [c for row in table.to_pylist() for c in stream.clips_of_row(row, stream.ClipConfig(**cfg))]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgmg.data.io import DataError, FileSource, decode_image, decode_index_png
+from sgmg.data.io import DataError, FileSource, decode_image, decode_index_png, join
 from sgmg.data.schema import VideoData, VideoRecord
 from sgmg.data.transforms import resize_frames, resize_masks, size_for_max_side
 
@@ -158,6 +158,55 @@ def assemble(
             video = resize_frames(video, size)
             masks = resize_masks(masks, size)
     return VideoData(record=record, frames=video, obj_ids=list(obj_ids), masks=masks, has_gt=has_gt)
+
+
+def read_video_files(
+    source: FileSource,
+    record: VideoRecord,
+    frame_indices: Sequence[int] | None,
+    frame_ext: str,
+    masks_folder: str | None = None,
+) -> tuple[list[int], list[np.ndarray], list[str], list[np.ndarray | None]]:
+    """Decode the selected frames (``<frames>/<frame id><frame_ext>``) of ``record`` and, with ``masks_folder``, their
+    label PNGs (``<masks_folder>/<frame id>.png``), checking that every size agrees.
+
+    Returns:
+        The frame positions, the frames uint8 ``[H, W, 3]``, their paths, and the label maps (None without
+        ``masks_folder``).
+
+    Raises:
+        DataError: one error listing every unreadable file and size mismatch.
+        ValueError: ``frame_indices`` out of range.
+    """
+    idx = select_indices(record, frame_indices)
+    names = [record.frame_ids[i] for i in idx]
+    frame_paths = [join(source_dict(record)["frames"], n + frame_ext) for n in names]
+    errors: list[str] = []
+    frames = read_frames(source, frame_paths, errors)
+    mask_paths: list[str | None] = [None] * len(names)
+    label_maps: list[np.ndarray | None] = [None] * len(names)
+    if masks_folder is not None:
+        mask_paths = [join(masks_folder, n + ".png") for n in names]
+        label_maps = read_label_maps(source, mask_paths, errors)
+    check_sizes(source, frames, frame_paths, label_maps, mask_paths, errors)
+    raise_if_errors(record, errors)
+    return idx, frames, frame_paths, label_maps
+
+
+def load_label_png_video(
+    source: FileSource,
+    record: VideoRecord,
+    max_side: int | None,
+    frame_indices: Sequence[int] | None,
+    frame_ext: str,
+) -> VideoData:
+    """:meth:`DatasetReader.load_video` of a layout with a frame folder and, where ground truth exists (a ``masks``
+    locator), one label PNG per frame whose values are object ids (Ref-YouTube-VOS, Ref-DAVIS)."""
+    masks_folder = source_dict(record).get("masks")
+    _, frames, _, label_maps = read_video_files(source, record, frame_indices, frame_ext, masks_folder)
+    obj_ids = sorted({o for e in record.expressions for o in e.obj_ids})
+    masks = label_maps_to_masks(label_maps, obj_ids, frames[0].shape[:2]) if masks_folder is not None else None
+    return assemble(record, frames, obj_ids, masks, max_side)
 
 
 def label_maps_to_masks(

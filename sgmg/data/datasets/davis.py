@@ -26,16 +26,10 @@ from collections.abc import Sequence
 
 from sgmg.data.datasets.base import (
     DatasetReader,
-    assemble,
-    check_sizes,
-    label_maps_to_masks,
-    raise_if_errors,
-    read_frames,
-    read_label_maps,
-    select_indices,
+    load_label_png_video,
     source_dict,
 )
-from sgmg.data.io import IMAGE_EXTS, DataError, FileSource, join
+from sgmg.data.io import IMAGE_EXTS, DataError, FileSource
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 TEXT_FILES = (
@@ -134,19 +128,5 @@ class RawDavisReader(DatasetReader):
         self, record: VideoRecord, max_side: int | None = None, frame_indices: Sequence[int] | None = None
     ) -> VideoData:
         """See :meth:`DatasetReader.load_video`."""
-        src = source_dict(record)
-        idx = select_indices(record, frame_indices)
-        names = [record.frame_ids[i] for i in idx]
-        frame_paths = [join(src["frames"], n + src["frame_ext"]) for n in names]
-        errors: list[str] = []
-        frames = read_frames(self.source, frame_paths, errors)
-        mask_paths: list[str | None] = [None] * len(names)
-        label_maps: list = [None] * len(names)
-        if "masks" in src:
-            mask_paths = [join(src["masks"], n + ".png") for n in names]
-            label_maps = read_label_maps(self.source, mask_paths, errors)
-        check_sizes(self.source, frames, frame_paths, label_maps, mask_paths, errors)
-        raise_if_errors(record, errors)
-        obj_ids = sorted({o for e in record.expressions for o in e.obj_ids})
-        masks = label_maps_to_masks(label_maps, obj_ids, frames[0].shape[:2]) if "masks" in src else None
-        return assemble(record, frames, obj_ids, masks, max_side)
+        ext = source_dict(record)["frame_ext"]
+        return load_label_png_video(self.source, record, max_side, frame_indices, ext)

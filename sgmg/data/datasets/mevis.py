@@ -22,10 +22,8 @@ from sgmg.data import rle as rle_codec
 from sgmg.data.datasets.base import (
     DatasetReader,
     assemble,
-    check_sizes,
     raise_if_errors,
-    read_frames,
-    select_indices,
+    read_video_files,
     source_dict,
 )
 from sgmg.data.datasets.ytvos import parse_obj_ids
@@ -110,12 +108,7 @@ class MevisReader(DatasetReader):
     ) -> VideoData:
         """See :meth:`DatasetReader.load_video`."""
         src = source_dict(record)
-        idx = select_indices(record, frame_indices)
-        frame_paths = [join(src["frames"], record.frame_ids[i] + ".jpg") for i in idx]
-        errors: list[str] = []
-        frames = read_frames(self.source, frame_paths, errors)
-        check_sizes(self.source, frames, frame_paths, [None] * len(idx), [None] * len(idx), errors)
-        raise_if_errors(record, errors)
+        idx, frames, frame_paths, _ = read_video_files(self.source, record, frame_indices, ".jpg")
         if "anno_ids" not in src:
             return assemble(record, frames, [], None, max_side)
         anno_of = dict(json.loads(src["anno_ids"]))
@@ -125,6 +118,7 @@ class MevisReader(DatasetReader):
         h, w = frames[0].shape[:2]
         masks = np.zeros((len(obj_ids), len(idx), h, w), dtype=bool)
         n = len(record.frame_ids)
+        errors: list[str] = []
         for k, obj in enumerate(obj_ids):
             per_frame = mask_dict.get(str(anno_of[obj]))
             if not isinstance(per_frame, list) or len(per_frame) != n:

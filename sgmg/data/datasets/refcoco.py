@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sgmg.data import rle
 from sgmg.data.datasets.base import DatasetReader, assemble, raise_if_errors, select_indices, source_dict
 from sgmg.data.io import DataError, FileSource, decode_image, join, read_json
 from sgmg.data.schema import Expression, VideoData, VideoRecord
@@ -77,24 +78,6 @@ def safe_unpickle(data: bytes, name: str) -> object:
         except Exception as err:  # UnpicklingError, EOFError, ValueError, ...
             raise DataError(f"cannot read pickle {name}: {err}") from err
     raise DataError(f"cannot read pickle {name}: {last}")
-
-
-def ann_to_mask(segmentation: object, height: int, width: int) -> np.ndarray:
-    """bool ``[H, W]`` mask of a COCO segmentation (polygons, uncompressed or compressed RLE), via pycocotools."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(segmentation, list):  # polygons
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        rle = mask_utils.merge(rles)
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict):
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    else:
-        raise ValueError(f"unknown segmentation type {type(segmentation).__name__}")
-    return mask_utils.decode(rle).astype(bool)
 
 
 class RefCocoReader(DatasetReader):
@@ -243,7 +226,7 @@ class RefCocoReader(DatasetReader):
         for k, ann_id in enumerate(obj_ids):
             try:
                 if not errors:
-                    masks[k, :] = ann_to_mask(index[ann_id]["segmentation"], h, w)[None]
+                    masks[k, :] = rle.decode_segmentation(index[ann_id]["segmentation"], h, w)[None]
             except Exception as err:
                 errors.append(
                     f"annotation {ann_id} in {self.source.describe(src['instances'])}: bad segmentation ({err})"
