@@ -198,6 +198,52 @@ def run_status(tracking_uri: str, run_id: str) -> str:
     return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.status
 
 
+def child_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
+    """The runs nested under ``parent_run_id`` (a sweep's trials), as MLflow ``Run`` objects."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000
+    )
+
+
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """A run's tags."""
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags)
+
+
+def log_to_run(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifacts: str | os.PathLike | None = None,
+    artifact_path: str | None = None,
+) -> None:
+    """Log finite ``metrics`` (step 0), set ``tags`` and copy the files of folder ``artifacts`` (under
+    ``artifact_path``) into a run from the driver."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, 0)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    if artifacts is not None:
+        client.log_artifacts(run_id, str(artifacts), artifact_path)
+
+
 class RunTracker:
     """One MLflow run of a training job (rank 0), or a no-op (other ranks, or tracking disabled).
 

@@ -419,6 +419,7 @@ def fit(
     callbacks: Sequence[Any] = (),
     parent_run_id: str | None = None,
     run_params: dict[str, Any] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> TrainRunResult:
     """Run the job on the current Ray cluster (``ray.init`` first); returns when training ends.
 
@@ -432,6 +433,7 @@ def fit(
         callbacks: ``ray.train.UserCallback`` objects for the run (a sweep passes Tune's ``TuneReportCallback``).
         parent_run_id: nest the MLflow run under this one (a sweep's trial).
         run_params: MLflow params of a new run (default: the flattened job).
+        run_tags: more tags of a new run.
 
     Raises:
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
@@ -468,7 +470,7 @@ def fit(
             params=run_params
             if run_params is not None
             else {"job": dataclasses.asdict(job), "world_size": job.num_workers},
-            tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards},
+            tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards, **(run_tags or {})},
             parent_run_id=parent_run_id,
         )
     trainer = TorchTrainer(

@@ -90,6 +90,24 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     assert version.tags["val_set"] == ingest.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
     assert json.loads(version.tags["config"])["val_shards"] == small_ingest and result.registration.promoted
 
+    # MLflow: one parent run for the sweep, one nested run per trial (params: the sampled values), all ended; the
+    # results table and the plot on the parent
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[tracking.RUN_PATH_TAG].startswith("sweep:")
+    children = tracking.child_runs(uri, result.mlflow_run_id)
+    assert sorted(float(c.data.params["train.optim.lr"]) for c in children) == [1.0e-4, 1.0e-3]
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert all(c.data.tags["sgmg.trial_status"] in ("finished", "stopped early") for c in children)
+    assert version.run_id in {c.info.run_id for c in children}
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "sweep")} == {
+        "sweep/results.csv",
+        "sweep/results.md",
+        "sweep/metric_vs_params.png",
+    }
+    table = client.download_artifacts(result.mlflow_run_id, "sweep/results.csv", str(tmp_path))
+    lines = open(table).read().splitlines()
+    assert lines[0].split(",")[:3] == ["trial", "status", "train.optim.lr"] and len(lines) == 3
+
     # and serves as an MLflow pyfunc: video folder + sentence -> RLE masks per frame
     import mlflow.pyfunc
     from PIL import Image
