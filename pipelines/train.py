@@ -21,9 +21,10 @@ after a restart is cut to what the epoch had left (clips are drawn with fresh ra
 report barrier never completed) is overwritten when its step is trained again, and any left over is deleted when the
 run ends, so ``keep_checkpoints`` holds.
 
-Validation (``val_shards``): at every checkpoint rank 0 scores the same unaugmented clip of every (video, expression)
-of a held-out ingest with ``sgmg.train.step.validation_step``: ``val_j``, ``val_f``, ``val_jf`` (what sweeps select
-on) and ``val_loss``, reported with the checkpoint.
+Validation (``val_shards``): at every checkpoint every rank scores the same unaugmented clip of every (video,
+expression) of its share of a held-out ingest with ``sgmg.train.step.validation_step``, and the sums are all-reduced:
+``val_j``, ``val_f``, ``val_jf`` (what sweeps select on) and ``val_loss``, the same as one process gets, reported with
+the checkpoint; rank 0's cost does not grow with the held-out set.
 
 Tracking (``tracking:``): the driver opens the job's MLflow run before the workers start, or finds it again on a
 rerun (``pipelines.tracking.open_run``, keyed by ``storage_path/name``), and ends it when ``fit`` returns or fails;
@@ -92,10 +93,14 @@ class RayTrainJob:
         cpus_per_worker: CPUs reserved per training worker.
         data_cpus: CPUs per decode/augment task of the clip stream.
         max_failures: worker-group restarts from the latest checkpoint before the run fails (-1: no limit).
+        max_epochs: train for this many epochs: ``train.max_steps`` becomes ``max_epochs`` x the steps per epoch
+            (from the ingest's sample count, ``train.data.batch_size``, ``num_workers`` and ``train.accum_steps``),
+            as the paper's recipes are given in epochs; None: ``train.max_steps`` as written.
         shuffle_buffer: clips in each worker's local shuffle buffer (0: none).
-        val_shards: an ingest with ground truth to validate on at every checkpoint (rank 0, one unaugmented clip per
-            (video, expression), the same clips every time): ``val_j``, ``val_f``, ``val_jf`` (the selection metric
-            of sweeps: unlike the loss it does not depend on the loss weights) and ``val_loss``.
+        val_shards: an ingest with ground truth to validate on at every checkpoint (every rank its share, summed
+            with an all-reduce; one unaugmented clip per (video, expression), the same clips every time): ``val_j``,
+            ``val_f``, ``val_jf`` (the selection metric of sweeps: unlike the loss it does not depend on the loss
+            weights) and ``val_loss``.
         tracking: MLflow settings.
     """
 
@@ -109,6 +114,7 @@ class RayTrainJob:
     cpus_per_worker: float = 1.0
     data_cpus: float = 1.0
     max_failures: int = 0
+    max_epochs: int | None = None
     shuffle_buffer: int = 64
     val_shards: str | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -123,6 +129,9 @@ class RayTrainJob:
         require("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number of CPUs > 0")
         require("data_cpus", self.data_cpus, self.data_cpus > 0, "a number of CPUs > 0")
         require("max_failures", self.max_failures, self.max_failures >= -1, "an integer >= 0, or -1 (no limit)")
+        require(
+            "max_epochs", self.max_epochs, self.max_epochs is None or self.max_epochs >= 1, "an integer >= 1, or null"
+        )
         require("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "an integer >= 0 (0: no shuffle)")
         require("val_shards", self.val_shards, self.val_shards != "", "an ingest folder/URI, or null")
 
@@ -177,7 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     # when resuming, the weights come from the checkpoint: do not load init_from
-    model = build_training_model(dataclasses.replace(cfg, init_from=None) if checkpoint else cfg).to(device)
+    with fetched_checkpoint(None if checkpoint else cfg.init_from) as init_from:
+        model = build_training_model(dataclasses.replace(cfg, init_from=init_from)).to(device)
     trainer = Trainer(cfg, model, device=device, steps_per_epoch=int(config["steps_per_epoch"]), world_size=world)
     if checkpoint is not None:
         # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
@@ -220,12 +230,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 flush=True,
             )
 
+    def all_reduce(sums: Any) -> Any:
+        import torch.distributed as dist
+
+        sums = sums.to(device)
+        if world > 1:
+            dist.all_reduce(sums)  # a sum over the ranks' shares
+        return sums.cpu()
+
     def validate(info: StepInfo) -> dict[str, float]:
-        if rank != 0 or not job.val_shards:
+        """Every rank scores its share of the held-out ingest; the sums are all-reduced."""
+        if not job.val_shards:
             return {}
-        val = validation_metrics(job, model, tokenizer, device)
+        val = validation_metrics(job, model, tokenizer, device, rank=rank, world=world, all_reduce=all_reduce)
         tracker.log_metrics(val, info.step)
-        print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
+        if rank == 0:
+            print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
         return val
 
     def report(info: StepInfo, val: dict[str, float]) -> None:
@@ -260,6 +280,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_batches=int(config["steps_per_epoch"]) * cfg.accum_steps,
     )
     trainer.fit(batches, TrainerHooks(log=log, validate=validate, checkpoint=report))
+
+
+@contextlib.contextmanager
+def fetched_checkpoint(uri: str | None) -> Iterator[str | None]:
+    """A local folder with the model files of the checkpoint at ``uri`` (a folder, ``file://`` or ``s3://``; copied
+    into a temporary folder unless it is local already), for ``train.init_from``; None stays None."""
+    from pipelines import storage
+
+    if uri is None or not storage.resolve(uri).is_s3:
+        yield storage.resolve(uri).path if uri else None
+        return
+    with tempfile.TemporaryDirectory(prefix="sgmg-init-") as tmp:
+        for name in ("model.safetensors", "config.json"):
+            (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+        yield tmp
 
 
 def shard_epochs(
@@ -307,25 +342,26 @@ def shard_epochs(
         epoch, left = epoch + 1, None
 
 
-def validation_metrics(job: RayTrainJob, model: Any, tokenizer: Any, device: Any) -> dict[str, float]:
-    """Mean J, F, J&F and loss over the validation clips of ``job.val_shards`` (rank 0 alone; the others wait at the
-    report).
+def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *, rank: int = 0, world: int = 1) -> Any:
+    """This rank's share of the validation: ``float64 [sum J, sum F, (video, expression) pairs, sum of clip losses,
+    clips]`` over the rows ``rank::world`` of ``job.val_shards`` (one unaugmented clip per pair, the same clips every
+    time). Sums, so the ranks' shares add up to the whole set (:func:`validation_from_sums`).
 
-    Read straight from the shards in this process (held-out sets are small): no second Ray Data execution
-    competing for CPU slots with the training stream, and the same clips every time. The loss is computed
-    without the criterion's all-reduce of ``num_boxes``, which would wait forever for the other ranks.
-
-    Raises:
-        ValueError: the validation ingest gave no clip with ground truth.
+    Read straight from the shards in this process: no second Ray Data execution competing for CPU slots with the
+    training stream. The loss is computed without the criterion's all-reduce of ``num_boxes`` (the ranks' batches
+    differ in number).
     """
+    import torch
+
     from pipelines import ingest, stream
     from sgmg.data.collate import collate_clips
     from sgmg.loss.criterion import build_criterion
     from sgmg.train.step import validation_step
 
     cfg = job.train
-    per_video, losses, pending = [], [], []
-    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)  # no all-reduce: rank 0 alone
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+    pending: list[Any] = []
+    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)
     val_cfg = stream.ClipConfig(
         num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
     )
@@ -333,22 +369,60 @@ def validation_metrics(job: RayTrainJob, model: Any, tokenizer: Any, device: Any
     def flush() -> None:
         batch = collate_clips(pending, tokenizer, pad_multiple=32).to(device)
         m = validation_step(model, batch, local_criterion)
-        per_video.extend(m.per_video)
-        losses.append(m.loss)
+        sums[0] += sum(j for j, _ in m.per_video)
+        sums[1] += sum(f for _, f in m.per_video)
+        sums[2] += len(m.per_video)
+        sums[3] += m.loss * len(pending)
+        sums[4] += len(pending)
         pending.clear()
 
-    for row in ingest.iter_rows(ingest.row_ranges(job.val_shards), stream.CLIP_COLUMNS):
+    manifest = ingest.load_manifest(job.val_shards)
+    share = max(1, min(ingest.ROW_GROUP_ROWS, math.ceil(int(manifest["num_videos"]) / world)))
+    ranges = ingest.row_ranges(job.val_shards, manifest, rows_per_range=share)[rank::world]
+    for row in ingest.iter_rows(ranges, stream.CLIP_COLUMNS):
         for clip in stream.clips_of_row(row, val_cfg):
             pending.append(clip)
             if len(pending) == cfg.data.batch_size:
                 flush()
     if pending:
         flush()
-    if not per_video:
-        raise ValueError(f"the validation ingest {job.val_shards} gave no clip with ground truth")
-    j = sum(x for x, _ in per_video) / len(per_video)
-    f = sum(y for _, y in per_video) / len(per_video)
-    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum(losses) / len(losses)}
+    return torch.tensor(sums, dtype=torch.float64)
+
+
+def validation_from_sums(sums: Any, where: str) -> dict[str, float]:
+    """Mean J, F, J&F and loss from the sums of every rank (:func:`validation_sums`, all-reduced).
+
+    Raises:
+        ValueError: the validation ingest ``where`` gave no clip with ground truth.
+    """
+    sum_j, sum_f, pairs, sum_loss, clips = (float(x) for x in sums)
+    if not pairs:
+        raise ValueError(f"the validation ingest {where} gave no clip with ground truth")
+    j, f = sum_j / pairs, sum_f / pairs
+    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum_loss / clips}
+
+
+def validation_metrics(
+    job: RayTrainJob,
+    model: Any,
+    tokenizer: Any,
+    device: Any,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    all_reduce: Callable[[Any], Any] | None = None,
+) -> dict[str, float]:
+    """Validation J, F, J&F and loss over ``job.val_shards``, computed by every rank on its share and combined with
+    ``all_reduce`` (a sum over the ranks; every rank must call it, and gets the same result), so no rank's cost grows
+    with the whole held-out set. ``world=1`` without ``all_reduce``: one process does it all.
+
+    Raises:
+        ValueError: the validation ingest gave no clip with ground truth.
+    """
+    sums = validation_sums(job, model, tokenizer, device, rank=rank, world=world)
+    if all_reduce is not None:
+        sums = all_reduce(sums)
+    return validation_from_sums(sums, str(job.val_shards))
 
 
 def prepare_tracking(job: RayTrainJob) -> RayTrainJob:
@@ -453,6 +527,10 @@ def fit(
     )
     dataset = stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
     spe = steps_per_epoch(int(manifest["num_samples"]), job)
+    if job.max_epochs is not None:
+        job = dataclasses.replace(job, train=dataclasses.replace(cfg, max_steps=job.max_epochs * spe))
+        cfg = job.train
+        log(f"[train] {job.name}: {job.max_epochs} epochs = {cfg.max_steps} steps")
     run_path = storage.join(job.storage_path, job.name)
     log(
         f"[train] {job.name}: {job.num_workers} worker(s), {manifest['num_videos']} videos / "
@@ -460,6 +538,14 @@ def fit(
     )
     if job.val_shards:
         ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
+    if cfg.init_from and not storage.is_file(storage.join(cfg.init_from, "model.safetensors")):
+        raise FileNotFoundError(
+            f"train.init_from: no model.safetensors in {cfg.init_from}; expected a checkpoint folder of this project "
+            "(a step_NNNNNNN folder of a training run, or the output of `sgmg convert`)"
+        )
+    if cfg.init_from and not storage.is_s3(cfg.init_from):  # the workers' working directory is not the driver's
+        job = dataclasses.replace(job, train=dataclasses.replace(cfg, init_from=storage.resolve(cfg.init_from).path))
+        cfg = job.train
     run_id = None
     if job.tracking.enabled:
         run_id = tracking.open_run(

@@ -454,7 +454,12 @@ def _log_sweep_results(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgmg sweep``."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="sweep config (SweepConfig fields; job: a RayTrainJob)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="sweep config (SweepConfig fields; job: a RayTrainJob); rerunning an interrupted sweep (same name and "
+        "job.storage_path) restores it: finished trials are kept, unfinished ones continue from their checkpoints",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

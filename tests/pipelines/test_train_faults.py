@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import tracking
+from pipelines import storage, tracking
 from pipelines import train as ray_train
 
 
@@ -60,22 +60,22 @@ def logged_steps(uri: str, run_id: str, name: str = "loss") -> list[tuple[int, f
     return sorted(((m.step, m.timestamp / 1000) for m in history), key=lambda x: x[1])
 
 
-def registered_steps(run_path: Path) -> list[int]:
+def registered_steps(run_path: str | Path) -> list[int]:
     """The steps of the checkpoints Ray Train registered (its ``checkpoint_manager_snapshot.json``)."""
     import re
 
-    snapshot = run_path / "checkpoint_manager_snapshot.json"
-    if not snapshot.is_file():
-        return []
     try:
-        text = snapshot.read_text()
+        text = storage.read_bytes(storage.join(str(run_path), "checkpoint_manager_snapshot.json")).decode()
     except OSError:
         return []
     return sorted({int(m) for m in re.findall(r"step_(\d{7})", text)})
 
 
-def checkpoint_names(run_path: Path) -> list[str]:
-    return sorted(p.name for p in run_path.glob("step_*")) if run_path.is_dir() else []
+def checkpoint_names(run_path: str | Path) -> list[str]:
+    try:
+        return [n for n in storage.list_dir(str(run_path)) if n.startswith("step_")]
+    except storage.StorageNotFoundError:
+        return []
 
 
 def overrides(small_ingest: str, uri: str, storage: Path, **extra: object) -> list[str]:
@@ -169,14 +169,16 @@ def test_worker_killed_before_and_after_a_checkpoint(small_ingest, tmp_path) -> 
 
 
 @pytest.mark.integration
-def test_train_command_killed_and_rerun_resumes(ray_cluster, small_ingest, tmp_path) -> None:
-    """``sgmg train`` (a driver process on the session's cluster, through ``RAY_ADDRESS``) killed with SIGKILL after
-    a checkpoint; the same command again resumes from that checkpoint into the same MLflow run."""
+def test_train_command_killed_and_rerun_resumes(ray_cluster, small_ingest, s3_bucket, tmp_path) -> None:
+    """``sgmg train`` (a driver process on the session's cluster, through ``RAY_ADDRESS``; checkpoints in S3) killed
+    with SIGKILL after a checkpoint; the same command again resumes from that checkpoint into the same MLflow run."""
     import ray
 
     uri = tracking.default_tracking_uri(tmp_path)
-    run_path = tmp_path / "runs" / "faults"
-    args = overrides(small_ingest, uri, tmp_path / "runs", **{"train.checkpoint_every": 3, "train.max_steps": 12})
+    run_path = f"s3://{s3_bucket}/runs/faults"
+    args = overrides(
+        small_ingest, uri, f"s3://{s3_bucket}/runs", **{"train.checkpoint_every": 3, "train.max_steps": 12}
+    )
     env = os.environ | {
         "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
         "PYTHONPATH": os.pathsep.join([str(Path(ray_train.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
@@ -187,7 +189,7 @@ def test_train_command_killed_and_rerun_resumes(ray_cluster, small_ingest, tmp_p
         driver = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         restored = wait_for("a registered checkpoint", lambda: registered_steps(run_path), timeout=240, every=0.05)[-1]
-        run_id = job_run(uri, str(run_path)).info.run_id
+        run_id = job_run(uri, run_path).info.run_id
         driver.kill()
         driver.wait(timeout=30)
     finally:
