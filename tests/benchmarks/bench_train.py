@@ -105,14 +105,18 @@ def main() -> None:
 
     run_path = work / "runs" / "restore"
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(r=ray_train.fit(job("restore", 2, args.steps, 5))))
+    thread = threading.Thread(target=lambda: box.update(r=ray_train.fit(job("restore", 2, 3 * args.steps, 5))))
     thread.start()
     snapshot = run_path / "checkpoint_manager_snapshot.json"
     while not (snapshot.is_file() and re.search(r"step_\d{7}", snapshot.read_text())):
         time.sleep(0.05)
     pid = next(
         a.pid
-        for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+        for a in list_actors(
+            address=ray.get_runtime_context().gcs_address,  # not "auto": other clusters may run on this machine
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+            detail=True,
+        )
     )
     killed = time.time()
     os.kill(pid, signal.SIGKILL)

@@ -145,3 +145,18 @@ def test_validation_split_over_ranks_equals_one_process(small_ingest) -> None:
     )
     assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=0.05)
     assert 0.0 <= whole["val_jf"] <= 1.0
+
+
+def test_checkpoints_ray_train_never_registered_are_deleted(tmp_path) -> None:
+    """A worker that dies between storing its checkpoint and the report barrier leaves a folder Ray Train does not
+    hold (so never deletes): removed when the run ends, so keep_checkpoints holds."""
+    run = tmp_path / "run"
+    for name in ("step_0000002", "step_0000004", "step_0000006", "checkpoint_manager_snapshot.json"):
+        (run / name).mkdir(parents=True) if name.startswith("step_") else (run / name).write_text("{}")
+        if name.startswith("step_"):
+            (run / name / "model.safetensors").write_bytes(b"x")
+    lines: list[str] = []
+    gone = ray_train.remove_unregistered_checkpoints(str(run), [str(run / "step_0000006")], log=lines.append)
+    assert gone == ["step_0000002", "step_0000004"] and "never registered" in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_manager_snapshot.json", "step_0000006"]
+    assert ray_train.remove_unregistered_checkpoints(str(tmp_path / "missing"), []) == []

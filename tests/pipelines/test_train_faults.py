@@ -33,9 +33,14 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float = 120.0,
 
 def train_worker_pids() -> list[int]:
     """The pids of the live ``RayTrainWorker`` actors (Ray's state API)."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,  # not "auto": other clusters may run on this machine
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        detail=True,
+    )
     return sorted(a.pid for a in actors if a.pid)
 
 
