@@ -179,6 +179,14 @@ def open_run(
     return run_id
 
 
+def changed_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> list[str]:
+    """The keys of ``params`` (flattened) whose value differs from the one the run logged."""
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.params
+    return sorted(k for k, v in flatten_params(params).items() if k in logged and logged[k] != v)
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
     """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED`` (and set ``tags``)."""
     from mlflow.tracking import MlflowClient

@@ -271,16 +271,18 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
     loc = storage.resolve(cfg.job.storage_path)
     sweep_path = storage.join(cfg.job.storage_path, cfg.name)
-    parent = None
+    parent, changed = None, []
     if job.tracking.enabled:
+        params = {"sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "job"}, "job": base}
         parent = tracking.open_run(
             job.tracking.tracking_uri,
             job.tracking.experiment,
             cfg.name,
             key=f"sweep:{sweep_path}",
-            params={"sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "job"}, "job": base},
+            params=params,
             tags={"sgmg.kind": "sweep"},
         )
+        changed = tracking.changed_params(job.tracking.tracking_uri, parent, params)
     max_t = max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every))
     scheduler = (
         ASHAScheduler(
@@ -297,6 +299,11 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     experiment, fs = exp_loc.path, (loc.fs if loc.is_s3 else None)
     if ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"[sweep] {cfg.name}: resuming the interrupted sweep in {sweep_path} (finished trials are kept)")
+        if changed:
+            log(
+                f"[sweep] note: {changed} differ from the settings the sweep started with; Tune continues the sweep "
+                "as it was started (give a new name to run a sweep with the new settings)"
+            )
         tuner = ray.tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
         )

@@ -37,6 +37,9 @@ def test_a_job_keeps_one_run_and_each_step_is_logged_once(uri) -> None:
     rerun = tracking.open_run(uri, "exp", "job", key="/runs/job", params={"job": {"train": {"max_steps": 8}}})
     assert rerun == run_id and tracking.run_status(uri, run_id) == "RUNNING"
     assert tracking.run_tags(uri, run_id)["sgmg.rerun.job.train.max_steps"] == "8"
+    assert tracking.changed_params(uri, run_id, {"job": {"train": {"max_steps": 8}}, "new": 1}) == [
+        "job.train.max_steps"
+    ]
     assert tracking.open_run(uri, "exp", "other", key="/runs/other") != run_id
     with pytest.raises(ValueError, match="status: expected one of"):
         tracking.end_run(uri, run_id, "DONE")
