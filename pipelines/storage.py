@@ -368,6 +368,15 @@ def delete(uri: str | os.PathLike, missing_ok: bool = True) -> None:
             raise
 
 
+def delete_tree(uri: str | os.PathLike) -> None:
+    """Delete a folder/prefix and everything under it (nothing when it does not exist)."""
+    loc = resolve(uri)
+    try:
+        _retry(lambda: loc.fs.delete_dir(loc.path.rstrip("/")), loc.uri, "delete")
+    except StorageNotFoundError:
+        pass
+
+
 def remove_stale_temporaries(uri: str | os.PathLike) -> list[str]:
     """Delete the temporaries (``.NAME.tmp-*``) that an interrupted :func:`write_bytes` left in a local folder.
 

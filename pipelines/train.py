@@ -8,22 +8,28 @@ the same :class:`TrainConfig` (``train:`` section: model, loss, optim, max_steps
 same checkpoint layout.
 
 Checkpoints: every ``train.checkpoint_every`` optimizer steps rank 0 writes a training checkpoint
-(:mod:`sgmg.train.checkpoint`: model safetensors + config, optimizer, scheduler, counters, the MLflow run id) and
-reports it to Ray Train, which stores it under ``storage_path/name/`` (a local folder or ``s3://``, the
-S3 endpoint from ``AWS_ENDPOINT_URL``) and keeps the newest ``train.keep_checkpoints``. Every rank calls
+(:mod:`sgmg.train.checkpoint`: model safetensors + config, optimizer, scheduler, counters and the position in the
+epoch) and reports it to Ray Train, which stores it as ``storage_path/name/step_NNNNNNN`` (a local folder or
+``s3://``, the S3 endpoint from ``AWS_ENDPOINT_URL``) and keeps the newest ``train.keep_checkpoints``. Every rank calls
 ``ray.train.report`` at the same steps (it is a barrier).
 
-Resume: ``failure_config.max_failures`` restarts the worker group from the latest checkpoint after a worker or node
-failure; rerunning the same job (same ``storage_path`` and ``name``) after a driver crash resumes it too, and
-reattaches to the same MLflow run. A resumed run restarts the saved epoch from its beginning; clip sampling draws
-fresh randomness on every pass (``ClipConfig(seed=None)``), as distributed loaders do.
+Resume: ``failure_config.max_failures`` (``-1``: retry forever) restarts the worker group from the latest checkpoint
+after a worker or node failure; rerunning the same job (same ``storage_path`` and ``name``) after a driver crash
+resumes it too. Either way the run continues its epoch where the checkpoint left it: the first pass over the stream
+after a restart is cut to what the epoch had left (clips are drawn with fresh randomness on every pass,
+``ClipConfig(seed=None)``, as distributed loaders do). A checkpoint stored but not registered when a worker died (the
+report barrier never completed) is overwritten when its step is trained again, and any left over is deleted when the
+run ends, so ``keep_checkpoints`` holds.
 
-Validation (``val_shards``): at every checkpoint rank 0 scores the same unaugmented clip of every (video, expression)
-of a held-out ingest with ``sgmg.train.step.validation_step``: ``val_j``, ``val_f``, ``val_jf`` (what sweeps select
-on) and ``val_loss``, reported with the checkpoint.
+Validation (``val_shards``): at every checkpoint every rank scores the same unaugmented clip of every (video,
+expression) of its share of a held-out ingest with ``sgmg.train.step.validation_step``, and the sums are all-reduced:
+``val_j``, ``val_f``, ``val_jf`` (what sweeps select on) and ``val_loss``, the same as one process gets, reported with
+the checkpoint; rank 0's cost does not grow with the held-out set.
 
-Tracking (``tracking:``): rank 0 logs params, metrics per ``log_every`` steps and the final checkpoint to MLflow
-(``pipelines.tracking``); the default is a sqlite DB in the working directory.
+Tracking (``tracking:``): the driver opens the job's MLflow run before the workers start, or finds it again on a
+rerun (``pipelines.tracking.open_run``, keyed by ``storage_path/name``), and ends it when ``fit`` returns or fails;
+rank 0 logs params, metrics per ``log_every`` steps (a step replayed after a restart is not logged again: one value
+per step) and the final checkpoint into it. The default is a sqlite DB in the working directory.
 
 Ray: ``RAY_ADDRESS`` (a running cluster, KubeRay's included) or a local Ray started by the command.
 """
@@ -31,10 +37,12 @@ Ray: ``RAY_ADDRESS`` (a running cluster, KubeRay's included) or a local Ray star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import posixpath
 import sys
 import tempfile
 import time
@@ -84,11 +92,15 @@ class RayTrainJob:
         use_gpu: one GPU per worker.
         cpus_per_worker: CPUs reserved per training worker.
         data_cpus: CPUs per decode/augment task of the clip stream.
-        max_failures: worker-group restarts from the latest checkpoint before the run fails.
+        max_failures: worker-group restarts from the latest checkpoint before the run fails (-1: no limit).
+        max_epochs: train for this many epochs: ``train.max_steps`` becomes ``max_epochs`` x the steps per epoch
+            (from the ingest's sample count, ``train.data.batch_size``, ``num_workers`` and ``train.accum_steps``),
+            as the paper's recipes are given in epochs; None: ``train.max_steps`` as written.
         shuffle_buffer: clips in each worker's local shuffle buffer (0: none).
-        val_shards: an ingest with ground truth to validate on at every checkpoint (rank 0, one unaugmented clip per
-            (video, expression), the same clips every time): ``val_j``, ``val_f``, ``val_jf`` (the selection metric
-            of sweeps: unlike the loss it does not depend on the loss weights) and ``val_loss``.
+        val_shards: an ingest with ground truth to validate on at every checkpoint (every rank its share, summed
+            with an all-reduce; one unaugmented clip per (video, expression), the same clips every time): ``val_j``,
+            ``val_f``, ``val_jf`` (the selection metric of sweeps: unlike the loss it does not depend on the loss
+            weights) and ``val_loss``.
         tracking: MLflow settings.
     """
 
@@ -102,6 +114,7 @@ class RayTrainJob:
     cpus_per_worker: float = 1.0
     data_cpus: float = 1.0
     max_failures: int = 0
+    max_epochs: int | None = None
     shuffle_buffer: int = 64
     val_shards: str | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -115,7 +128,10 @@ class RayTrainJob:
         require("num_workers", self.num_workers, self.num_workers >= 1, "an integer >= 1")
         require("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "a number of CPUs > 0")
         require("data_cpus", self.data_cpus, self.data_cpus > 0, "a number of CPUs > 0")
-        require("max_failures", self.max_failures, self.max_failures >= 0, "an integer >= 0")
+        require("max_failures", self.max_failures, self.max_failures >= -1, "an integer >= 0, or -1 (no limit)")
+        require(
+            "max_epochs", self.max_epochs, self.max_epochs is None or self.max_epochs >= 1, "an integer >= 1, or null"
+        )
         require("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "an integer >= 0 (0: no shuffle)")
         require("val_shards", self.val_shards, self.val_shards != "", "an ingest folder/URI, or null")
 
@@ -170,23 +186,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     # when resuming, the weights come from the checkpoint: do not load init_from
-    model = build_training_model(dataclasses.replace(cfg, init_from=None) if checkpoint else cfg).to(device)
+    with fetched_checkpoint(None if checkpoint else cfg.init_from) as init_from:
+        model = build_training_model(dataclasses.replace(cfg, init_from=init_from)).to(device)
     trainer = Trainer(cfg, model, device=device, steps_per_epoch=int(config["steps_per_epoch"]), world_size=world)
-    run_id = None
     if checkpoint is not None:
         # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
         # optimizer.pt while another was still writing it (seen here as a corrupt-zip error on resume)
         with tempfile.TemporaryDirectory(prefix=f"sgmg-resume-rank{rank}-") as folder:
             checkpoint.to_directory(folder)
-            run_id = trainer.resume(Path(folder)).get("mlflow_run_id")
+            trainer.resume(Path(folder))
     tracker = tracking.RunTracker(
         job.tracking.tracking_uri if rank == 0 and job.tracking.enabled else None,
         job.tracking.experiment,
         job.name,
-        run_id=run_id,
+        run_id=config.get("mlflow_run_id"),  # opened by the driver: the same run on every attempt
         params={"job": config["job"], "world_size": world},
         tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards},
     )
+    if checkpoint is not None:  # the restarts show in the run: the step each attempt continued from
+        tracker.log_metrics({"resumed_from_step": trainer.step}, trainer.step)
     if world > 1:
         trainer.train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source)
@@ -212,12 +230,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 flush=True,
             )
 
+    def all_reduce(sums: Any) -> Any:
+        import torch.distributed as dist
+
+        sums = sums.to(device)
+        if world > 1:
+            dist.all_reduce(sums)  # a sum over the ranks' shares
+        return sums.cpu()
+
     def validate(info: StepInfo) -> dict[str, float]:
-        if rank != 0 or not job.val_shards:
+        """Every rank scores its share of the held-out ingest; the sums are all-reduced."""
+        if not job.val_shards:
             return {}
-        val = validation_metrics(job, model, tokenizer, device)
+        val = validation_metrics(job, model, tokenizer, device, rank=rank, world=world, all_reduce=all_reduce)
         tracker.log_metrics(val, info.step)
-        print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
+        if rank == 0:
+            print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
         return val
 
     def report(info: StepInfo, val: dict[str, float]) -> None:
@@ -230,27 +258,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             path = trainer.save(tmp, keep=1, extra_state={"mlflow_run_id": tracker.run_id, "world_size": world})
             if info.final:
                 tracker.log_artifacts(path, "checkpoint")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+            # named by step: a checkpoint stored by an attempt that died before the barrier is overwritten when the
+            # next attempt reaches its step (Ray's default name, checkpoint_<time>, would leave it behind for ever)
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)), checkpoint_dir_name=path.name
+            )
 
     if rank == 0:
         print(
             f"[train] {cfg.model} on {world} x {device} ({trainer.amp_dtype or 'fp32'}), "
-            f"steps {trainer.step}->{cfg.max_steps}" + (f", resumed at epoch {trainer.epoch}" if checkpoint else ""),
+            f"steps {trainer.step}->{cfg.max_steps}"
+            + (f", resumed in epoch {trainer.epoch} after {trainer.epoch_batches} batches" if checkpoint else ""),
             flush=True,
         )
-    status = "FAILED"
-    try:
-        trainer.fit(
-            shard_epochs(job, tokenizer, rank, trainer.epoch),
-            TrainerHooks(log=log, validate=validate, checkpoint=report),
-        )
-        status = "FINISHED"
-    finally:
-        tracker.finish(status)
+    batches = shard_epochs(
+        job,
+        tokenizer,
+        rank,
+        start_epoch=trainer.epoch,
+        done_batches=trainer.epoch_batches,
+        epoch_batches=int(config["steps_per_epoch"]) * cfg.accum_steps,
+    )
+    trainer.fit(batches, TrainerHooks(log=log, validate=validate, checkpoint=report))
 
 
-def shard_epochs(job: RayTrainJob, tokenizer: Any, rank: int, start_epoch: int) -> Iterator[tuple[int, Any]]:
+@contextlib.contextmanager
+def fetched_checkpoint(uri: str | None) -> Iterator[str | None]:
+    """A local folder with the model files of the checkpoint at ``uri`` (a folder, ``file://`` or ``s3://``; copied
+    into a temporary folder unless it is local already), for ``train.init_from``; None stays None."""
+    from pipelines import storage
+
+    if uri is None or not storage.resolve(uri).is_s3:
+        yield storage.resolve(uri).path if uri else None
+        return
+    with tempfile.TemporaryDirectory(prefix="sgmg-init-") as tmp:
+        for name in ("model.safetensors", "config.json"):
+            (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+        yield tmp
+
+
+def shard_epochs(
+    job: RayTrainJob, tokenizer: Any, rank: int, *, start_epoch: int, done_batches: int, epoch_batches: int
+) -> Iterator[tuple[int, Any]]:
     """``(epoch, ClipBatch)`` pairs of this worker's split of the clip stream, epoch after epoch.
+
+    A resumed run (``done_batches`` of ``start_epoch`` already trained on) first finishes that epoch: its pass is cut
+    to the ``epoch_batches - done_batches`` batches it had left (every rank cuts at the same count, so the split's
+    next pass starts together), and the epoch counter goes on as in a run that was never interrupted.
 
     Raises:
         ValueError: if an epoch gives this worker no full batch.
@@ -261,45 +315,53 @@ def shard_epochs(job: RayTrainJob, tokenizer: Any, rank: int, start_epoch: int) 
 
     shard = ray.train.get_dataset_shard("train")
     epoch = start_epoch
+    left = epoch_batches - done_batches if done_batches else None  # None: a whole pass
+    if left is not None and left <= 0:
+        epoch, left = epoch + 1, None
     while True:
-        produced = False
-        for batch in stream.iter_clip_batches(
+        produced = 0
+        passing = stream.iter_clip_batches(
             shard,
             batch_size=job.train.data.batch_size,
             tokenizer=tokenizer,
             prefetch_batches=2,
             drop_last=True,  # equal step counts on every worker (the split is equal too)
             local_shuffle_buffer_size=job.shuffle_buffer or None,
-        ):
-            produced = True
-            yield epoch, batch
+        )
+        with contextlib.closing(passing):  # a cut pass stops its prefetching before the next one starts
+            for batch in passing:
+                produced += 1
+                yield epoch, batch
+                if left is not None and produced >= left:
+                    break
         if not produced:
             raise ValueError(
                 f"an epoch of {job.shards} gave worker {rank} no full batch of {job.train.data.batch_size} clips; "
                 "use a smaller train.data.batch_size or fewer workers"
             )
-        epoch += 1
+        epoch, left = epoch + 1, None
 
 
-def validation_metrics(job: RayTrainJob, model: Any, tokenizer: Any, device: Any) -> dict[str, float]:
-    """Mean J, F, J&F and loss over the validation clips of ``job.val_shards`` (rank 0 alone; the others wait at the
-    report).
+def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *, rank: int = 0, world: int = 1) -> Any:
+    """This rank's share of the validation: ``float64 [sum J, sum F, (video, expression) pairs, sum of clip losses,
+    clips]`` over the rows ``rank::world`` of ``job.val_shards`` (one unaugmented clip per pair, the same clips every
+    time). Sums, so the ranks' shares add up to the whole set (:func:`validation_from_sums`).
 
-    Read straight from the shards in this process (held-out sets are small): no second Ray Data execution
-    competing for CPU slots with the training stream, and the same clips every time. The loss is computed
-    without the criterion's all-reduce of ``num_boxes``, which would wait forever for the other ranks.
-
-    Raises:
-        ValueError: the validation ingest gave no clip with ground truth.
+    Read straight from the shards in this process: no second Ray Data execution competing for CPU slots with the
+    training stream. The loss is computed without the criterion's all-reduce of ``num_boxes`` (the ranks' batches
+    differ in number).
     """
+    import torch
+
     from pipelines import ingest, stream
     from sgmg.data.collate import collate_clips
     from sgmg.loss.criterion import build_criterion
     from sgmg.train.step import validation_step
 
     cfg = job.train
-    per_video, losses, pending = [], [], []
-    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)  # no all-reduce: rank 0 alone
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+    pending: list[Any] = []
+    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)
     val_cfg = stream.ClipConfig(
         num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
     )
@@ -307,22 +369,60 @@ def validation_metrics(job: RayTrainJob, model: Any, tokenizer: Any, device: Any
     def flush() -> None:
         batch = collate_clips(pending, tokenizer, pad_multiple=32).to(device)
         m = validation_step(model, batch, local_criterion)
-        per_video.extend(m.per_video)
-        losses.append(m.loss)
+        sums[0] += sum(j for j, _ in m.per_video)
+        sums[1] += sum(f for _, f in m.per_video)
+        sums[2] += len(m.per_video)
+        sums[3] += m.loss * len(pending)
+        sums[4] += len(pending)
         pending.clear()
 
-    for row in ingest.iter_rows(ingest.row_ranges(job.val_shards), stream.CLIP_COLUMNS):
+    manifest = ingest.load_manifest(job.val_shards)
+    share = max(1, min(ingest.ROW_GROUP_ROWS, math.ceil(int(manifest["num_videos"]) / world)))
+    ranges = ingest.row_ranges(job.val_shards, manifest, rows_per_range=share)[rank::world]
+    for row in ingest.iter_rows(ranges, stream.CLIP_COLUMNS):
         for clip in stream.clips_of_row(row, val_cfg):
             pending.append(clip)
             if len(pending) == cfg.data.batch_size:
                 flush()
     if pending:
         flush()
-    if not per_video:
-        raise ValueError(f"the validation ingest {job.val_shards} gave no clip with ground truth")
-    j = sum(x for x, _ in per_video) / len(per_video)
-    f = sum(y for _, y in per_video) / len(per_video)
-    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum(losses) / len(losses)}
+    return torch.tensor(sums, dtype=torch.float64)
+
+
+def validation_from_sums(sums: Any, where: str) -> dict[str, float]:
+    """Mean J, F, J&F and loss from the sums of every rank (:func:`validation_sums`, all-reduced).
+
+    Raises:
+        ValueError: the validation ingest ``where`` gave no clip with ground truth.
+    """
+    sum_j, sum_f, pairs, sum_loss, clips = (float(x) for x in sums)
+    if not pairs:
+        raise ValueError(f"the validation ingest {where} gave no clip with ground truth")
+    j, f = sum_j / pairs, sum_f / pairs
+    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum_loss / clips}
+
+
+def validation_metrics(
+    job: RayTrainJob,
+    model: Any,
+    tokenizer: Any,
+    device: Any,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    all_reduce: Callable[[Any], Any] | None = None,
+) -> dict[str, float]:
+    """Validation J, F, J&F and loss over ``job.val_shards``, computed by every rank on its share and combined with
+    ``all_reduce`` (a sum over the ranks; every rank must call it, and gets the same result), so no rank's cost grows
+    with the whole held-out set. ``world=1`` without ``all_reduce``: one process does it all.
+
+    Raises:
+        ValueError: the validation ingest gave no clip with ground truth.
+    """
+    sums = validation_sums(job, model, tokenizer, device, rank=rank, world=world)
+    if all_reduce is not None:
+        sums = all_reduce(sums)
+    return validation_from_sums(sums, str(job.val_shards))
 
 
 def prepare_tracking(job: RayTrainJob) -> RayTrainJob:
@@ -386,10 +486,28 @@ def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
     )
 
 
-def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> TrainRunResult:
+def fit(
+    job: RayTrainJob,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Any] = (),
+    parent_run_id: str | None = None,
+    run_params: dict[str, Any] | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TrainRunResult:
     """Run the job on the current Ray cluster (``ray.init`` first); returns when training ends.
 
-    ``callbacks``: ``ray.train.UserCallback`` objects for the run (a sweep passes Tune's ``TuneReportCallback``).
+    The job's MLflow run is opened here, before the workers start (found again when the job was run before:
+    :func:`pipelines.tracking.open_run`), and ended here: ``FINISHED``, or ``FAILED`` with the error. A driver killed
+    outright leaves it ``RUNNING`` until the job is rerun.
+
+    Args:
+        job: the job (``name`` and ``storage_path`` are its identity: a rerun resumes it).
+        log: progress lines.
+        callbacks: ``ray.train.UserCallback`` objects for the run (a sweep passes Tune's ``TuneReportCallback``).
+        parent_run_id: nest the MLflow run under this one (a sweep's trial).
+        run_params: MLflow params of a new run (default: the flattened job).
+        run_tags: more tags of a new run.
 
     Raises:
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
@@ -398,7 +516,7 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines import ingest, storage, stream
+    from pipelines import ingest, storage, stream, tracking
 
     started = time.perf_counter()
     manifest = ingest.load_manifest(job.shards)
@@ -409,16 +527,41 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
     )
     dataset = stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
     spe = steps_per_epoch(int(manifest["num_samples"]), job)
+    if job.max_epochs is not None:
+        job = dataclasses.replace(job, train=dataclasses.replace(cfg, max_steps=job.max_epochs * spe))
+        cfg = job.train
+        log(f"[train] {job.name}: {job.max_epochs} epochs = {cfg.max_steps} steps")
+    run_path = storage.join(job.storage_path, job.name)
     log(
         f"[train] {job.name}: {job.num_workers} worker(s), {manifest['num_videos']} videos / "
-        f"{manifest['num_samples']} samples in {job.shards}, {spe} steps/epoch, checkpoints -> "
-        f"{storage.join(job.storage_path, job.name)}"
+        f"{manifest['num_samples']} samples in {job.shards}, {spe} steps/epoch, checkpoints -> {run_path}"
     )
     if job.val_shards:
         ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
+    if cfg.init_from and not storage.is_file(storage.join(cfg.init_from, "model.safetensors")):
+        raise FileNotFoundError(
+            f"train.init_from: no model.safetensors in {cfg.init_from}; expected a checkpoint folder of this project "
+            "(a step_NNNNNNN folder of a training run, or the output of `sgmg convert`)"
+        )
+    if cfg.init_from and not storage.is_s3(cfg.init_from):  # the workers' working directory is not the driver's
+        job = dataclasses.replace(job, train=dataclasses.replace(cfg, init_from=storage.resolve(cfg.init_from).path))
+        cfg = job.train
+    run_id = None
+    if job.tracking.enabled:
+        run_id = tracking.open_run(
+            job.tracking.tracking_uri,
+            job.tracking.experiment,
+            job.name,
+            key=run_path,
+            params=run_params
+            if run_params is not None
+            else {"job": dataclasses.asdict(job), "world_size": job.num_workers},
+            tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards, **(run_tags or {})},
+            parent_run_id=parent_run_id,
+        )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": dataclasses.asdict(job), "steps_per_epoch": spe},
+        train_loop_config={"job": dataclasses.asdict(job), "steps_per_epoch": spe, "mlflow_run_id": run_id},
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.num_workers,
             use_gpu=job.use_gpu,
@@ -427,22 +570,55 @@ def fit(job: RayTrainJob, *, log: Callable[[str], None] = print, callbacks: Sequ
         run_config=_run_config(job, callbacks),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: a rerun resumes it
+        if run_id is not None:
+            tracking.end_run(job.tracking.tracking_uri, run_id, "KILLED")
+        raise
+    except Exception as exc:
+        if run_id is not None:
+            tracking.end_run(job.tracking.tracking_uri, run_id, "FAILED", tags={"sgmg.error": str(exc)[:5000]})
+        raise
+    remove_unregistered_checkpoints(run_path, [c.path for c, _ in result.best_checkpoints or []], log=log)
+    if run_id is not None:
+        tracking.end_run(job.tracking.tracking_uri, run_id, "FINISHED")
     checkpoint = result.checkpoint
-    run_id = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run_id = json.loads((Path(folder) / "trainer_state.json").read_text()).get("mlflow_run_id")
     path = checkpoint.path if checkpoint is not None else None
     if path is not None and storage.resolve(job.storage_path).is_s3 and not path.startswith("s3://"):
         path = "s3://" + path
     return TrainRunResult(
         metrics=dict(result.metrics or {}),
         checkpoint=path,
-        run_path=storage.join(job.storage_path, job.name),
+        run_path=run_path,
         mlflow_run_id=run_id,
         seconds=time.perf_counter() - started,
     )
+
+
+def remove_unregistered_checkpoints(
+    run_path: str, registered: Sequence[str], *, log: Callable[[str], None] = print
+) -> list[str]:
+    """Delete the ``step_*`` folders of ``run_path`` that Ray Train does not hold (``registered``: its checkpoints'
+    paths): one stored by a worker that died before the report barrier completed is never registered, so Ray never
+    deletes it and ``keep_checkpoints`` would not hold.
+
+    Returns:
+        The names deleted.
+    """
+    from pipelines import storage
+
+    kept = {posixpath.basename(str(p).rstrip("/")) for p in registered}
+    try:
+        names = storage.list_dir(run_path)
+    except storage.StorageNotFoundError:
+        return []
+    stale = [n for n in names if n.startswith("step_") and n not in kept]
+    for name in stale:
+        storage.delete_tree(storage.join(run_path, name))
+    if stale:
+        log(f"[train] deleted checkpoints never registered by Ray Train (a worker died at the barrier): {stale}")
+    return stale
 
 
 def register_run(

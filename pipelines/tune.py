@@ -189,17 +189,34 @@ def trial_job(base: dict[str, Any], params: dict[str, Any], name: str) -> RayTra
     return dataclasses.replace(job_from_dict(data), name=name)
 
 
+BASE_KEY, PARENT_KEY = "__base__", "__parent_run__"  # constant entries of the param space
+
+
 def _trial(config: dict[str, Any]) -> None:
-    """A Tune function trainable: one Ray Train job reporting to Tune through ``TuneReportCallback``."""
+    """A Tune function trainable: one Ray Train job reporting to Tune through ``TuneReportCallback``, tracked as an
+    MLflow run nested under the sweep's (params: the sampled values, and the whole job under ``job.``)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines import train
 
     ctx = ray.tune.get_context()
-    params = {k: v for k, v in config.items() if k != "__base__"}
-    job = trial_job(config["__base__"], params, f"{config['__base__']['name']}-{ctx.get_trial_id()}")
-    train.fit(job, log=lambda m: print(m, flush=True), callbacks=[TuneReportCallback()])
+    base = config[BASE_KEY]
+    params = {k: v for k, v in config.items() if k not in (BASE_KEY, PARENT_KEY)}
+    trial_id = ctx.get_trial_id()
+    job = trial_job(base, params, f"{base['name']}-{trial_id}")
+    train.fit(
+        job,
+        log=lambda m: print(m, flush=True),
+        callbacks=[TuneReportCallback()],
+        parent_run_id=config.get(PARENT_KEY),
+        run_params={**params, "job": dataclasses.asdict(job)},
+        run_tags={TRIAL_TAG: trial_id},
+    )
+
+
+TRIAL_TAG = "sgmg.trial_id"
+_MLFLOW_STATUS = {"finished": "FINISHED", "stopped early": "KILLED", "failed": "FAILED"}
 
 
 @dataclass(frozen=True)
@@ -214,6 +231,7 @@ class SweepResult:
         registered_version: the registry version made from the best checkpoint (None when not registered).
         seconds: wall time.
         registration: version, whether it became the champion, and why (None when not registered).
+        mlflow_run_id: the sweep's parent MLflow run (None without tracking).
     """
 
     best_params: dict[str, Any]
@@ -223,10 +241,20 @@ class SweepResult:
     registered_version: str | None
     seconds: float
     registration: Any = None
+    mlflow_run_id: str | None = None
 
 
 def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResult:
     """Run the sweep on the current Ray cluster (started with the dashboard), register the best checkpoint.
+
+    MLflow: a parent run for the sweep (found again when the sweep is rerun) with one nested run per trial; at the
+    end every trial run is ended with what became of it (``FINISHED``; ``KILLED`` and the tag
+    ``sgmg.trial_status=stopped early`` for a trial the scheduler stopped; ``FAILED``), and the results table (CSV,
+    Markdown) and the plot of the metric against each hyperparameter (PNG) are logged on the parent, under ``sweep/``.
+
+    Resume: a sweep interrupted (its driver killed) and rerun with the same ``name`` and ``job.storage_path`` is
+    restored by Tune (``Tuner.restore``): finished trials are kept as they are, unfinished ones continue (each from
+    its Train run's last checkpoint), and the same parent run is used.
 
     Raises:
         RuntimeError: no trial reported the metric.
@@ -235,47 +263,87 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipelines import ingest, storage
+    from pipelines import ingest, storage, tracking
 
     started = time.perf_counter()
     ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
     job = prepare_tracking(cfg.job)  # one tracking URI for every trial; tables made before trials race to create them
     base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
+    loc = storage.resolve(cfg.job.storage_path)
+    sweep_path = storage.join(cfg.job.storage_path, cfg.name)
+    parent, changed = None, []
+    if job.tracking.enabled:
+        params = {"sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "job"}, "job": base}
+        parent = tracking.open_run(
+            job.tracking.tracking_uri,
+            job.tracking.experiment,
+            cfg.name,
+            key=f"sweep:{sweep_path}",
+            params=params,
+            tags={"sgmg.kind": "sweep"},
+        )
+        changed = tracking.changed_params(job.tracking.tracking_uri, parent, params)
+    max_t = max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every))
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",
-            max_t=max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every)),
+            max_t=max_t,
             grace_period=cfg.grace_period,
             reduction_factor=cfg.reduction_factor,
         )
         if cfg.scheduler == "asha"
         else FIFOScheduler()
     )
-    loc = storage.resolve(cfg.job.storage_path)
-    tuner = ray.tune.Tuner(
-        ray.tune.with_resources(_trial, {"CPU": 0.01}),  # the trial only drives its TorchTrainer (0 is refused)
-        param_space={"__base__": base, **param_space(cfg.space)},
-        tune_config=ray.tune.TuneConfig(
-            metric=cfg.metric,
-            mode=cfg.mode,
-            num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials,
-            scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
-        ),
-        run_config=ray.tune.RunConfig(
-            name=cfg.name,
-            storage_path=loc.path if loc.is_s3 else loc.uri,
-            storage_filesystem=loc.fs if loc.is_s3 else None,
-        ),
-    )
-    log(f"[sweep] {cfg.name}: {cfg.num_samples} trial(s) of {sorted(cfg.space)}, {cfg.scheduler}, on {cfg.metric}")
-    grid = tuner.fit()
-    trials = [({k: r.config[k] for k in cfg.space}, dict(r.metrics or {})) for r in grid if r.config is not None]
+    trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only drives its TorchTrainer (0 is refused)
+    exp_loc = storage.resolve(sweep_path)  # Tune's experiment folder: storage_path/name
+    experiment, fs = exp_loc.path, (loc.fs if loc.is_s3 else None)
+    if ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log(f"[sweep] {cfg.name}: resuming the interrupted sweep in {sweep_path} (finished trials are kept)")
+        if changed:
+            log(
+                f"[sweep] note: {changed} differ from the settings the sweep started with; Tune continues the sweep "
+                "as it was started (give a new name to run a sweep with the new settings)"
+            )
+        tuner = ray.tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={BASE_KEY: base, PARENT_KEY: parent, **param_space(cfg.space)},
+            tune_config=ray.tune.TuneConfig(
+                metric=cfg.metric,
+                mode=cfg.mode,
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=cfg.max_concurrent_trials,
+                scheduler=scheduler,
+                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
+            ),
+            run_config=ray.tune.RunConfig(
+                name=cfg.name,
+                storage_path=loc.path if loc.is_s3 else loc.uri,
+                storage_filesystem=fs,
+            ),
+        )
+        log(f"[sweep] {cfg.name}: {cfg.num_samples} trial(s) of {sorted(cfg.space)}, {cfg.scheduler}, on {cfg.metric}")
+    try:
+        grid = tuner.fit()
+    except (KeyboardInterrupt, SystemExit):
+        if parent is not None:
+            tracking.end_run(job.tracking.tracking_uri, parent, "KILLED")
+        raise
+    rows = trial_rows(grid, cfg, max_t)
+    if parent is not None:
+        close_trial_runs(job.tracking.tracking_uri, parent, rows)
+        run_ids = _trial_run_ids(job.tracking.tracking_uri, parent)
+        rows = [dataclasses.replace(r, run_id=run_ids.get(r.trial_id)) for r in rows]
+    trials = [(r.params, r.metrics) for r in rows]
     try:
         best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
     except RuntimeError as exc:
         errors = [str(r.error) for r in grid if r.error is not None]
+        if parent is not None:
+            tracking.end_run(job.tracking.tracking_uri, parent, "FAILED")
         raise RuntimeError(f"no trial of {cfg.name} reported {cfg.metric!r}: {errors[:3]}") from exc
     metrics = dict(best.metrics or {})
     best_params = {k: best.config[k] for k in cfg.space}
@@ -284,20 +352,108 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
         checkpoint = "s3://" + str(checkpoint)
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
     registration = None
-    if cfg.register_as and checkpoint and job.tracking.enabled:
+    done_before = tracking.run_tags(job.tracking.tracking_uri, parent).get(REGISTERED_TAG) if parent else None
+    if done_before:
+        log(f"[sweep] {cfg.name} was finished and registered before (version {done_before}); not registered again")
+    elif cfg.register_as and checkpoint and job.tracking.enabled:
         best_job = trial_job(base, best_params, cfg.name)
         registration = register_run(
             best_job, str(checkpoint), cfg.register_as, metrics=metrics, source=f"sweep:{cfg.name}", log=log
         )
+    if parent is not None:
+        _log_sweep_results(cfg, rows, job.tracking.tracking_uri, parent, metrics, best.metrics.get("trial_id"))
+        if registration is not None:
+            tracking.log_to_run(job.tracking.tracking_uri, parent, tags={REGISTERED_TAG: registration.version})
+        tracking.end_run(job.tracking.tracking_uri, parent, "FINISHED")
     return SweepResult(
         best_params,
         metrics,
         checkpoint,
         trials,
-        registration.version if registration else None,
+        registration.version if registration else (done_before or None),
         time.perf_counter() - started,
         registration,
+        parent,
     )
+
+
+REGISTERED_TAG = "sgmg.registered_version"
+
+
+def trial_rows(grid: Any, cfg: SweepConfig, max_t: int) -> list[Any]:
+    """What became of each trial of a ``ResultGrid``: failed (an error), stopped early (fewer reports than the
+    schedule's ``max_t`` while not at ``max_steps``), or finished; best first."""
+    from pipelines.sweep_report import FAILED, FINISHED, STOPPED_EARLY, TrialRow
+
+    rows = []
+    for result in grid:
+        if result.config is None:
+            continue
+        m = dict(result.metrics or {})
+        if result.error is not None:
+            status = FAILED
+        elif m.get("step", 0) >= cfg.job.train.max_steps or m.get("training_iteration", 0) >= max_t:
+            status = FINISHED
+        else:
+            status = STOPPED_EARLY
+        rows.append(TrialRow(str(m.get("trial_id", "?")), status, {k: result.config[k] for k in cfg.space}, m))
+    sign = -1.0 if cfg.mode == "max" else 1.0
+
+    def key(r: Any) -> tuple[int, float]:
+        value = r.metrics.get(cfg.metric)
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        return (0, sign * value) if ok else (1, 0.0)
+
+    return sorted(rows, key=key)
+
+
+def _trial_run_ids(tracking_uri: str, parent: str) -> dict[str, str]:
+    from pipelines import tracking
+
+    return {
+        r.data.tags[TRIAL_TAG]: r.info.run_id
+        for r in tracking.child_runs(tracking_uri, parent)
+        if TRIAL_TAG in r.data.tags
+    }
+
+
+def close_trial_runs(tracking_uri: str, parent: str, rows: Sequence[Any]) -> None:
+    """End every trial run still ``RUNNING`` under ``parent`` with what became of its trial: ``KILLED`` for one the
+    scheduler stopped (its process was ended mid-``fit``), ``FAILED`` for one that failed or never reported,
+    ``FINISHED`` otherwise; every trial run gets the tag ``sgmg.trial_status``."""
+    from pipelines import tracking
+    from pipelines.sweep_report import FAILED
+
+    status_of = {r.trial_id: r.status for r in rows}
+    for run in tracking.child_runs(tracking_uri, parent):
+        status = status_of.get(run.data.tags.get(TRIAL_TAG), FAILED)
+        tags = {"sgmg.trial_status": status}
+        if run.info.status == "RUNNING":
+            tracking.end_run(tracking_uri, run.info.run_id, _MLFLOW_STATUS[status], tags=tags)
+        else:
+            tracking.log_to_run(tracking_uri, run.info.run_id, tags=tags)
+
+
+def _log_sweep_results(
+    cfg: SweepConfig, rows: Sequence[Any], tracking_uri: str, parent: str, best: dict[str, Any], best_trial: Any
+) -> None:
+    """The results table (CSV, Markdown) and the metric-vs-hyperparameter plot on the parent run, and the best
+    trial's metric as the parent's."""
+    import tempfile
+
+    from pipelines import sweep_report, tracking
+
+    log_keys = [k for k, spec in cfg.space.items() if "loguniform" in spec]
+    with tempfile.TemporaryDirectory(prefix="sgmg-sweep-") as tmp:
+        sweep_report.write(rows, cfg.metric, tmp, title=f"Sweep {cfg.name}", log_scale=log_keys)
+        tracking.log_to_run(
+            tracking_uri,
+            parent,
+            metrics={f"best_{cfg.metric}": best.get(cfg.metric, math.nan)},
+            tags={"sgmg.best_trial": str(best_trial)},
+            artifacts=tmp,
+            artifact_path="sweep",
+        )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -305,7 +461,12 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgmg sweep``."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="sweep config (SweepConfig fields; job: a RayTrainJob)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="sweep config (SweepConfig fields; job: a RayTrainJob); rerunning an interrupted sweep (same name and "
+        "job.storage_path) restores it: finished trials are kept, unfinished ones continue from their checkpoints",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -18,9 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("sgmg.data.commands_synthetic", "generate a synthetic R-VOS dataset (Ref-YouTube-VOS layout)"),
     "validate-dataset": ("sgmg.data.commands_validate", "report every problem in a dataset folder at once"),
     "convert": ("sgmg.checkpoint.commands", "convert an official SgMg .pth checkpoint to this project's format"),
-    "train": ("sgmg.train.commands", "train SgMg (--local: one process, no Ray; otherwise Ray Train)"),
+    "train": (
+        "sgmg.train.commands",
+        "train SgMg (--local: one process, no Ray; otherwise Ray Train); rerunning a name resumes it",
+    ),
     "ingest": ("pipelines.ingest_cli", "Ray Data job: raw dataset -> Parquet clip shards in object storage"),
-    "sweep": ("pipelines.tune", "Ray Tune sweep of Ray Train jobs; registers the best, champion if it is better"),
+    "sweep": (
+        "pipelines.tune",
+        "Ray Tune sweep of Ray Train jobs; registers the best, champion if it is better; rerunning a name resumes it",
+    ),
     "registry": ("pipelines.registry_cli", "MLflow model registry: list, show, promote, rollback the champion"),
     "serve": ("pipelines.serve.cli", "Ray Serve HTTP endpoint for a registered model or a checkpoint"),
 }

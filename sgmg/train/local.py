@@ -4,7 +4,7 @@ run too, fed from a dataset folder.
 Reads a dataset folder (any format :func:`sgmg.data.datasets.open_dataset` detects, e.g. the synthetic Ref-YouTube-VOS
 set of ``sgmg make-synthetic``), trains for ``max_steps`` optimizer steps, logs a rate line every ``log_every`` steps,
 writes checkpoints (:mod:`sgmg.train.checkpoint`) to ``output_dir/step_NNNNNNN/`` and resumes from the newest one found
-there. A resumed run restarts the saved epoch's (deterministic) clip order from its beginning.
+there. A resumed run continues the saved epoch's (deterministic) clip order where the checkpoint left it.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ class ClipStream:
                 yield collate_clips(pending, self.tokenizer, pad_multiple=32)
                 pending = []
 
-    def forever(self, start_epoch: int = 0) -> Iterator[tuple[int, ClipBatch]]:
-        """``(epoch, batch)`` pairs from ``start_epoch`` on.
+    def forever(self, start_epoch: int = 0, skip: int = 0) -> Iterator[tuple[int, ClipBatch]]:
+        """``(epoch, batch)`` pairs from ``start_epoch`` on, without the first ``skip`` batches of ``start_epoch``
+        (a resumed run's position: they are drawn again, as the clip order is, and dropped).
 
         Raises:
             ValueError: if a whole epoch yields no batch.
@@ -107,8 +108,10 @@ class ClipStream:
         epoch = start_epoch
         while True:
             produced = False
-            for batch in self.batches(epoch):
+            for i, batch in enumerate(self.batches(epoch)):
                 produced = True
+                if epoch == start_epoch and i < skip:
+                    continue
                 yield epoch, batch
             if not produced:
                 raise ValueError(f"{self.cfg.data.root}: an epoch gave no clip with a visible referred object")
@@ -156,7 +159,7 @@ def train_local(
         cfg: the run.
         log: receives the rate lines and notices.
         model: a ready model (tests); built from ``cfg`` when None.
-        stream: an object with ``__len__`` and ``forever(start_epoch)`` yielding ``(epoch, ClipBatch)`` (tests);
+        stream: an object with ``__len__`` and ``forever(start_epoch, skip)`` yielding ``(epoch, ClipBatch)`` (tests);
             a :class:`ClipStream` over ``cfg.data`` when None.
 
     Returns:
@@ -215,7 +218,8 @@ def train_local(
         last_ckpt = trainer.save(cfg.output_dir, keep=cfg.keep_checkpoints)
         log(f"saved {last_ckpt}")
 
-    metrics = trainer.fit(stream.forever(trainer.epoch), TrainerHooks(log=log_rate, checkpoint=save))
+    batches = stream.forever(trainer.epoch, trainer.epoch_batches)
+    metrics = trainer.fit(batches, TrainerHooks(log=log_rate, checkpoint=save))
     return LocalTrainResult(
         trainer.step, resumed_from, last_ckpt, metrics, trainer.guard.total, time.perf_counter() - started
     )

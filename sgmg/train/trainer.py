@@ -126,6 +126,8 @@ class Trainer:
             into ``model``).
         amp_dtype: the autocast dtype (None: fp32).
         step / epoch: optimizer steps done and the current epoch (restored by :meth:`resume`).
+        epoch_batches: micro-batches of ``epoch`` trained on so far: the data position a resumed run continues from
+            (saved in checkpoints; a source of batches skips or shortens the rest of that epoch accordingly).
 
     Raises:
         ValueError: for a precision the device cannot do (``fp16`` off CUDA).
@@ -142,7 +144,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
         self.guard = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.epoch_batches = 0, 0, 0
 
     @property
     def done(self) -> bool:
@@ -150,10 +152,11 @@ class Trainer:
         return self.step >= self.cfg.max_steps
 
     def resume(self, path: Path) -> dict[str, Any]:
-        """Restore a checkpoint of :meth:`save` (weights, optimizer, scaler, schedule, guard, step and epoch).
+        """Restore a checkpoint of :meth:`save` (weights, optimizer, scaler, schedule, guard, step, epoch and the
+        position in it).
 
         Returns:
-            The saved trainer state (``step``, ``epoch`` and the ``extra_state`` of :meth:`save`).
+            The saved trainer state (``step``, ``epoch``, ``epoch_batches`` and the ``extra_state`` of :meth:`save`).
 
         Raises:
             ValueError: the checkpoint is unreadable or does not fit.
@@ -167,6 +170,7 @@ class Trainer:
             guard=self.guard,
         )
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.epoch_batches = int(state.get("epoch_batches", 0))  # 0 in checkpoints written before it was saved
         return state
 
     def save(self, output_dir: str | Path, *, keep: int, extra_state: dict[str, Any] | None = None) -> Path:
@@ -182,7 +186,7 @@ class Trainer:
             epoch=self.epoch,
             cfg=self.cfg,
             keep=keep,
-            extra_state=extra_state,
+            extra_state={"epoch_batches": self.epoch_batches, **dict(extra_state or {})},
         )
 
     def fit(self, batches: Iterable[tuple[int, ClipBatch]], hooks: TrainerHooks) -> StepMetrics | None:
@@ -205,7 +209,9 @@ class Trainer:
         window_start, window_steps, window_clips = time.perf_counter(), 0, 0
         micro = 0
         for epoch, batch in batches:
-            self.epoch = epoch
+            if epoch != self.epoch:
+                self.epoch, self.epoch_batches = epoch, 0
+            self.epoch_batches += 1
             batch = batch.to(self.device)
             metrics = train_step(
                 self.train_model,

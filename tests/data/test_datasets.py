@@ -149,6 +149,22 @@ def test_refcoco(refcoco_root: Path) -> None:
         open_dataset("refcoco", refcoco_root, "cocox/train")
 
 
+def test_refcoco_all_combines_the_three_datasets(refcoco_root: Path) -> None:
+    """``all/train``: RefCOCO, RefCOCO+ and RefCOCOg together (the official image pretraining), ids kept apart."""
+    import shutil
+
+    with pytest.raises(DataError, match=r"combines .* do not exist"):
+        open_dataset("refcoco", refcoco_root, "all/train").list_videos()
+    shutil.copytree(refcoco_root / "refcoco", refcoco_root / "refcoco+")
+    (refcoco_root / "refcocog").mkdir()
+    shutil.copy(refcoco_root / "refcoco/instances.json", refcoco_root / "refcocog/instances.json")
+    shutil.copy(refcoco_root / "refcoco/refs(unc).p", refcoco_root / "refcocog/refs(umd).p")
+    reader = open_dataset("refcoco", refcoco_root, "all/train")
+    records = reader.list_videos()
+    assert [r.video_id for r in records] == ["refcoco:7", "refcoco+:7", "refcocog:7"]
+    assert reader.load_video(records[2]).frames.shape == (1, 20, 30, 3)
+
+
 def test_safe_unpickler_refuses_code() -> None:
     class Evil:
         def __reduce__(self):

@@ -90,6 +90,24 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     assert version.tags["val_set"] == ingest.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
     assert json.loads(version.tags["config"])["val_shards"] == small_ingest and result.registration.promoted
 
+    # MLflow: one parent run for the sweep, one nested run per trial (params: the sampled values), all ended; the
+    # results table and the plot on the parent
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[tracking.RUN_PATH_TAG].startswith("sweep:")
+    children = tracking.child_runs(uri, result.mlflow_run_id)
+    assert sorted(float(c.data.params["train.optim.lr"]) for c in children) == [1.0e-4, 1.0e-3]
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert all(c.data.tags["sgmg.trial_status"] in ("finished", "stopped early") for c in children)
+    assert version.run_id in {c.info.run_id for c in children}
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "sweep")} == {
+        "sweep/results.csv",
+        "sweep/results.md",
+        "sweep/metric_vs_params.png",
+    }
+    table = client.download_artifacts(result.mlflow_run_id, "sweep/results.csv", str(tmp_path))
+    lines = open(table).read().splitlines()
+    assert lines[0].split(",")[:3] == ["trial", "status", "train.optim.lr"] and len(lines) == 3
+
     # and serves as an MLflow pyfunc: video folder + sentence -> RLE masks per frame
     import mlflow.pyfunc
     from PIL import Image
@@ -117,3 +135,85 @@ def test_shipped_sweep_config_is_valid() -> None:
     assert cfg.job.val_shards and len(cfg.space) == 5
     params = {"train.optim.lr": 1e-4, "train.loss.weight_dice": 5.0}
     assert tune.trial_job(dataclasses.asdict(cfg.job), params, "t").train.loss.weight_dice == 5.0
+
+
+@pytest.mark.integration
+def test_killed_sweep_is_resumed_by_a_rerun(ray_cluster, small_ingest, tmp_path) -> None:
+    """``sgmg sweep`` (a driver process on the session's cluster) SIGKILLed while its second trial runs, then the
+    same command again: Tune restores the sweep, the finished trial is not rerun, the sweep completes with one
+    parent run and no trial run left RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    args = [
+        'space={"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}',
+        "num_samples=1",
+        "scheduler=fifo",
+        "metric=loss",
+        "mode=min",
+        "register_as=null",
+        "name=killed",
+        f"job.shards={small_ingest}",
+        f"job.storage_path={tmp_path / 'runs'}",
+        "job.num_workers=1",
+        "job.cpus_per_worker=0.5",
+        "job.data_cpus=0.5",
+        "job.shuffle_buffer=0",
+        f"job.tracking.tracking_uri={uri}",
+        "job.train.model=sgmg_tiny",
+        "job.train.data.num_frames=2",
+        "job.train.data.max_size=96",
+        "job.train.max_steps=3",
+        "job.train.checkpoint_every=1",
+        "job.train.log_every=1",
+    ]
+    env = os.environ | {
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONPATH": os.pathsep.join([str(Path(tune.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "sgmg.cli", "sweep", *args]
+    client = MlflowClient(tracking_uri=uri)
+
+    def sweep_runs() -> list:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return client.search_runs(experiments, filter_string="tags.`sgmg.kind` = 'sweep'") if experiments else []
+
+    def trial_runs() -> list:
+        parents = sweep_runs()
+        return tracking.child_runs(uri, parents[0].info.run_id) if parents else []
+
+    with (tmp_path / "first.log").open("w") as out:
+        driver = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            runs = trial_runs()
+            if len(runs) == 2 and sum(r.info.status == "FINISHED" for r in runs) == 1:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    (finished,) = [r for r in trial_runs() if r.info.status == "FINISHED"]
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming the interrupted sweep" in rerun.stdout
+    assert len(sweep_runs()) == 1 and sweep_runs()[0].info.status == "FINISHED"
+    runs = trial_runs()
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["sgmg.trial_id"] for r in runs}) == 2
+    again = client.get_run(finished.info.run_id)  # the finished trial was not run again
+    assert again.info.end_time == finished.info.end_time
+    assert [m.step for m in client.get_metric_history(finished.info.run_id, "loss")] == [1, 2, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -92,11 +93,12 @@ class MemoryStream:
     def __len__(self) -> int:
         return 2
 
-    def forever(self, start_epoch: int = 0):
+    def forever(self, start_epoch: int = 0, skip: int = 0):
         epoch = start_epoch
         while True:
-            for _ in range(2):
-                yield epoch, one_clip()
+            for i in range(2):
+                if epoch != start_epoch or i >= skip:
+                    yield epoch, one_clip()
             epoch += 1
 
 
@@ -136,3 +138,27 @@ def test_local_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     # the milestone at step 1 was passed before the save: the resumed run keeps the decayed LR (first group:
     # the visual encoder, 5e-5 * 0.1)
     assert second.last_metrics is not None and second.last_metrics.lr == pytest.approx(5e-6)
+
+
+def test_resumed_run_continues_its_epoch_where_the_checkpoint_left_it(tmp_path: Path) -> None:
+    """Checkpoint after the first of an epoch's 2 batches: the resumed run trains the second one in that epoch and
+    then moves on, as an uninterrupted run does (it used to replay the whole epoch under the old epoch number)."""
+    from dataclasses import replace
+
+    from sgmg.zoo import build_model
+
+    cfg = TrainConfig(
+        data=DataConfig(root="unused"),
+        max_steps=1,
+        checkpoint_every=1,
+        output_dir=str(tmp_path / "run"),
+        device="cpu",
+        log_every=1,
+    )
+    train_local(cfg, log=lambda m: None, model=build_model("sgmg_tiny"), stream=MemoryStream())
+    state = json.loads((checkpoint_dirs(cfg.output_dir)[-1] / "trainer_state.json").read_text())
+    assert (state["epoch"], state["epoch_batches"]) == (0, 1)
+    lines: list[str] = []
+    train_local(replace(cfg, max_steps=4), log=lines.append, model=build_model("sgmg_tiny"), stream=MemoryStream())
+    epochs = [line.split(" epoch ")[1].split()[0] for line in lines if line.startswith("step ")]
+    assert epochs == ["0", "1", "1"]  # steps 2, 3, 4

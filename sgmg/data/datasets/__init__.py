@@ -52,8 +52,8 @@ def open_dataset(fmt: str, root: str | os.PathLike | FileSource, split: str = "t
     Args:
         fmt: one of :data:`FORMATS`, or ``"auto"`` to detect it from the folder.
         root: dataset root folder (path or ``file://`` URI) or any :class:`~sgmg.data.io.FileSource`.
-        split: ``train``/``valid``/... (``refcoco``: ``"<name>/<split>"``, e.g. ``"refcocog/val"``; ``videos``: a
-            label).
+        split: ``train``/``valid``/... (``refcoco``: ``"<name>/<split>"``, e.g. ``"refcocog/val"``, or
+            ``"all/train"`` for the three together; ``videos``: a label).
 
     Raises:
         ValueError: unknown format or split.

@@ -11,8 +11,10 @@ Layout (the REFER toolkit's files next to the COCO images):
 or, instead of the pickle, the official SgMg conversion ``<root>/<name>/instances_<name>_<split>.json`` (one COCO
 "image" per sentence, with ``caption`` and ``original_id``).
 
-``split`` is ``"<name>/<split>"`` (``"refcoco+/testA"``) or a bare split (``"train"``: RefCOCO). One record per image:
-every referred object of the image in that split is an object of the 1-frame video and each sentence an expression.
+``split`` is ``"<name>/<split>"`` (``"refcoco+/testA"``), a bare split (``"train"``: RefCOCO), or ``"all/<split>"``:
+RefCOCO, RefCOCO+ and RefCOCOg together (the official image pretraining's ``--dataset_file all``; their video ids are
+prefixed ``<name>:``, as one COCO image is in all three). One record per image: every referred object of the image in
+that split is an object of the 1-frame video and each sentence an expression.
 
 The ``refs(*).p`` files are Python pickles. Unpickling data from a user is unsafe (a pickle can run code), so they are
 read with :class:`SafeUnpickler`, which only rebuilds builtin containers and scalars and refuses every other global.
@@ -20,6 +22,7 @@ read with :class:`SafeUnpickler`, which only rebuilds builtin containers and sca
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ from sgmg.data.io import DataError, FileSource, decode_image, join, read_json
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 NAMES = ("refcoco", "refcoco+", "refcocog")
+ALL = "all"  # the three together
 _DEFAULT_BY = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google")}
 _IMAGE_DIRS = ("train2014", "images/train2014", "images/mscoco/images/train2014")
 
@@ -88,8 +92,10 @@ class RefCocoReader(DatasetReader):
     def __init__(self, source: FileSource, split: str) -> None:
         name, _, sub = split.rpartition("/")
         name = name or "refcoco"
-        if name not in NAMES:
-            raise ValueError(f"refcoco split {split!r}: dataset name must be one of {NAMES} (e.g. 'refcoco+/testA')")
+        if name not in (*NAMES, ALL):
+            raise ValueError(
+                f"refcoco split {split!r}: dataset name must be one of {(*NAMES, ALL)} (e.g. 'refcoco+/testA')"
+            )
         super().__init__(source, split)
         self.name, self.sub = name, sub
 
@@ -121,6 +127,18 @@ class RefCocoReader(DatasetReader):
 
     def list_videos(self, problems: list[str] | None = None) -> list[VideoRecord]:
         """See :meth:`DatasetReader.list_videos`."""
+        if self.name == ALL:
+            missing = [n for n in NAMES if not self.source.exists(n)]
+            if missing:
+                raise DataError(
+                    f"split {self.split!r} combines {list(NAMES)}, but {[self.source.describe(n) for n in missing]} "
+                    "do not exist; ingest the datasets one by one (e.g. 'refcoco/train') instead"
+                )
+            records = []
+            for name in NAMES:
+                part = RefCocoReader(self.source, f"{name}/{self.sub}").list_videos(problems)
+                records += [dataclasses.replace(r, video_id=f"{name}:{r.video_id}") for r in part]
+            return records
         image_dir = self._image_dir()
         refs_rel = self._refs_file()
         if refs_rel is not None:
