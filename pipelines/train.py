@@ -353,7 +353,7 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
     """
     import torch
 
-    from pipelines import ingest, stream
+    from pipelines import ingest, shards, stream
     from sgmg.data.collate import collate_clips
     from sgmg.loss.criterion import build_criterion
     from sgmg.train.step import validation_step
@@ -377,7 +377,7 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
         pending.clear()
 
     manifest = ingest.load_manifest(job.val_shards)
-    share = max(1, min(ingest.ROW_GROUP_ROWS, math.ceil(int(manifest["num_videos"]) / world)))
+    share = max(1, min(shards.ROW_GROUP_ROWS, math.ceil(int(manifest["num_videos"]) / world)))
     ranges = ingest.row_ranges(job.val_shards, manifest, rows_per_range=share)[rank::world]
     for row in ingest.iter_rows(ranges, stream.CLIP_COLUMNS):
         for clip in stream.clips_of_row(row, val_cfg):
