@@ -53,7 +53,7 @@ def _own_state_api(init_kwargs: dict[str, Any]) -> dict[str, Any]:
     if init_kwargs.get("include_dashboard") is False:
         return init_kwargs
     kwargs = dict(init_kwargs)
-    port = kwargs.setdefault("dashboard_port", _free_port())
+    port = kwargs.setdefault("dashboard_port", free_port())
     runtime_env = dict(kwargs.get("runtime_env") or {})
     env_vars = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", **runtime_env.get("env_vars", {})}
     kwargs["runtime_env"] = {**runtime_env, "env_vars": env_vars}
@@ -61,7 +61,8 @@ def _own_state_api(init_kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it; another process may take it before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.cluster import free_port
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 MODEL_NAME = "sgmg"
@@ -195,7 +196,7 @@ class Demo:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         """``sgmg serve`` on the champion for the block; stopped with SIGTERM (it must exit 0)."""
-        port = self.port or _free_port()
+        port = self.port or free_port()
         log_path = self.logs / "serve.log"
         log = log_path.open("w")
         cmd = [sys.executable, "-m", "sgmg.cli", "serve", "--model", f"models:/{MODEL_NAME}@champion"]
@@ -298,12 +299,6 @@ def _follow(path: Path, progress: Progress | None) -> Iterator[None]:
         thread.join(timeout=5)
         bar.n = progress.total
         bar.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,11 +24,7 @@ from dataclasses import dataclass
 import pytest
 from tiny_ytvos import write_tiny_ytvos
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.cluster import free_port
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ def s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,18 +28,13 @@ from PIL import Image
 from schemathesis.checks import not_a_server_error
 from serve_fixtures import SHORT_SIDE, TEXT, square_frames, write_mp4
 
+from pipelines.cluster import free_port
 from pipelines.serve.client import SegmentError, segment, segment_png_zip
 
 pytestmark = pytest.mark.integration
 
 MODEL = "sgmg-e2e"
 RELOAD_S = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -54,7 +48,7 @@ class Server:
         self.version1 = tracking.register_checkpoint(self.tracking_uri, checkpoint, MODEL)
         tracking.promote(self.tracking_uri, MODEL, self.version1, why="the Serve test's first model")
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: unix socket paths < 108 chars
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
