@@ -25,6 +25,7 @@ class TrialRow:
         params: the sampled values (dotted job keys).
         metrics: the trial's last reported metrics (``step``, the selection metric, ...).
         run_id: the trial's MLflow run (None without tracking).
+        error: why a failed trial failed.
     """
 
     trial_id: str
@@ -32,6 +33,7 @@ class TrialRow:
     params: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    error: str | None = None
 
 
 def _number(value: Any) -> float | None:

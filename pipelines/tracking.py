@@ -113,6 +113,7 @@ def _mlflow_uris(tracking_uri: str) -> Iterator[None]:
 RUN_PATH_TAG = "sgmg.run_path"  # the identity of a training job's run: its storage_path/name
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested-run link
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
+ERROR_TAG = "sgmg.error"  # the error a run ended FAILED with
 
 
 def _find_run(client: Any, experiment_id: str, key: str) -> Any | None:
@@ -197,6 +198,13 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", tags: Mapp
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, v)
     client.set_terminated(run_id, status=status)
+
+
+def delete_tag(tracking_uri: str, run_id: str, key: str) -> None:
+    """Remove tag ``key`` from a run."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).delete_tag(run_id, key)
 
 
 def run_status(tracking_uri: str, run_id: str) -> str:

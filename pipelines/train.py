@@ -494,6 +494,7 @@ def fit(
     parent_run_id: str | None = None,
     run_params: dict[str, Any] | None = None,
     run_tags: dict[str, str] | None = None,
+    end_run_on_error: bool = True,
 ) -> TrainRunResult:
     """Run the job on the current Ray cluster (``ray.init`` first); returns when training ends.
 
@@ -508,6 +509,8 @@ def fit(
         parent_run_id: nest the MLflow run under this one (a sweep's trial).
         run_params: MLflow params of a new run (default: the flattened job).
         run_tags: more tags of a new run.
+        end_run_on_error: end the MLflow run ``FAILED`` (``KILLED`` on Ctrl-C/SIGTERM) when ``fit`` raises; a sweep's
+            trial leaves that to the sweep's driver, which knows whether the scheduler stopped it.
 
     Raises:
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
@@ -573,12 +576,12 @@ def fit(
     try:
         result = trainer.fit()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: a rerun resumes it
-        if run_id is not None:
+        if run_id is not None and end_run_on_error:
             tracking.end_run(job.tracking.tracking_uri, run_id, "KILLED")
         raise
     except Exception as exc:
-        if run_id is not None:
-            tracking.end_run(job.tracking.tracking_uri, run_id, "FAILED", tags={"sgmg.error": str(exc)[:5000]})
+        if run_id is not None and end_run_on_error:
+            tracking.end_run(job.tracking.tracking_uri, run_id, "FAILED", tags={tracking.ERROR_TAG: str(exc)[:5000]})
         raise
     remove_unregistered_checkpoints(run_path, [c.path for c, _ in result.best_checkpoints or []], log=log)
     if run_id is not None:

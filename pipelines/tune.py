@@ -212,6 +212,7 @@ def _trial(config: dict[str, Any]) -> None:
         parent_run_id=config.get(PARENT_KEY),
         run_params={**params, "job": dataclasses.asdict(job)},
         run_tags={TRIAL_TAG: trial_id},
+        end_run_on_error=False,  # a trial the scheduler stops dies mid-fit: the sweep's driver ends its run
     )
 
 
@@ -396,7 +397,9 @@ def trial_rows(grid: Any, cfg: SweepConfig, max_t: int) -> list[Any]:
             status = FINISHED
         else:
             status = STOPPED_EARLY
-        rows.append(TrialRow(str(m.get("trial_id", "?")), status, {k: result.config[k] for k in cfg.space}, m))
+        error = str(result.error)[:5000] if result.error is not None else None
+        params = {k: result.config[k] for k in cfg.space}
+        rows.append(TrialRow(str(m.get("trial_id", "?")), status, params, m, error=error))
     sign = -1.0 if cfg.mode == "max" else 1.0
 
     def key(r: Any) -> tuple[int, float]:
@@ -418,20 +421,30 @@ def _trial_run_ids(tracking_uri: str, parent: str) -> dict[str, str]:
 
 
 def close_trial_runs(tracking_uri: str, parent: str, rows: Sequence[Any]) -> None:
-    """End every trial run still ``RUNNING`` under ``parent`` with what became of its trial: ``KILLED`` for one the
-    scheduler stopped (its process was ended mid-``fit``), ``FAILED`` for one that failed or never reported,
-    ``FINISHED`` otherwise; every trial run gets the tag ``sgmg.trial_status``."""
+    """End every trial run under ``parent`` with what became of its trial, as Tune saw it: ``KILLED`` for one the
+    scheduler stopped, ``FAILED`` for one that failed or never reported, ``FINISHED`` otherwise; every trial run gets
+    the tag ``sgmg.trial_status``.
+
+    The driver's verdict wins over a status the trial's own process wrote (a trial process leaves its run open when
+    ``fit`` raises, as one torn down by the scheduler does: see :func:`_trial`); a failed trial's run gets its error
+    as the tag ``sgmg.error``, which is removed from any other.
+    """
     from pipelines import tracking
     from pipelines.sweep_report import FAILED
 
-    status_of = {r.trial_id: r.status for r in rows}
+    row_of = {r.trial_id: r for r in rows}
     for run in tracking.child_runs(tracking_uri, parent):
-        status = status_of.get(run.data.tags.get(TRIAL_TAG), FAILED)
+        row = row_of.get(run.data.tags.get(TRIAL_TAG))
+        status = row.status if row is not None else FAILED
         tags = {"sgmg.trial_status": status}
-        if run.info.status == "RUNNING":
+        if row is not None and row.error:
+            tags[tracking.ERROR_TAG] = row.error
+        if run.info.status != _MLFLOW_STATUS[status]:
             tracking.end_run(tracking_uri, run.info.run_id, _MLFLOW_STATUS[status], tags=tags)
         else:
             tracking.log_to_run(tracking_uri, run.info.run_id, tags=tags)
+        if status != FAILED and tracking.ERROR_TAG in run.data.tags:
+            tracking.delete_tag(tracking_uri, run.info.run_id, tracking.ERROR_TAG)
 
 
 def _log_sweep_results(

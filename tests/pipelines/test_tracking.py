@@ -47,22 +47,27 @@ def test_a_job_keeps_one_run_and_each_step_is_logged_once(uri) -> None:
 
 def test_sweep_trials_are_nested_and_ended_with_their_status(uri) -> None:
     from pipelines import tune
-    from pipelines.sweep_report import FINISHED, STOPPED_EARLY, TrialRow, to_markdown
+    from pipelines.sweep_report import FAILED, FINISHED, STOPPED_EARLY, TrialRow, to_markdown
 
     parent = tracking.open_run(uri, "exp2", "sweep", key="sweep:/runs/sweep")
     runs = {
         t: tracking.open_run(uri, "exp2", t, key=f"/runs/{t}", parent_run_id=parent, tags={tune.TRIAL_TAG: t})
-        for t in ("a", "b", "c")
+        for t in ("a", "b", "c", "d")
     }
     tracking.end_run(uri, runs["a"], "FINISHED")  # its fit() returned; b was stopped by ASHA; c never reported
+    # b's process, torn down by the scheduler mid-fit, may end its run FAILED before it dies: the driver's verdict wins
+    tracking.end_run(uri, runs["b"], "FAILED", tags={tracking.ERROR_TAG: "actor died"})
     rows = [
         TrialRow("a", FINISHED, {"train.optim.lr": 1e-4}, {"loss": 1.0, "step": 4}),
         TrialRow("b", STOPPED_EARLY, {"train.optim.lr": 1e-3}, {"loss": 2.0, "step": 2}),
+        TrialRow("d", FAILED, {"train.optim.lr": 1e-2}, {}, error="RuntimeError: out of memory"),
     ]
     tune.close_trial_runs(uri, parent, rows)
     status = {t: tracking.run_status(uri, r) for t, r in runs.items()}
-    assert status == {"a": "FINISHED", "b": "KILLED", "c": "FAILED"}
+    assert status == {"a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "FAILED"}
+    assert tracking.run_tags(uri, runs["d"])[tracking.ERROR_TAG] == "RuntimeError: out of memory"
     assert tracking.run_tags(uri, runs["b"])["sgmg.trial_status"] == "stopped early"
+    assert tracking.ERROR_TAG not in tracking.run_tags(uri, runs["b"])
     assert {r.info.run_id for r in tracking.child_runs(uri, parent)} == set(runs.values())
     table = to_markdown(rows, "loss").splitlines()
     assert table[0] == "| trial | status | train.optim.lr | reports | step | loss | mlflow_run |"
