@@ -32,7 +32,7 @@ def predict_split_jf(data: Path, out: Path, *, seed: int, config: Path | None = 
     """J&F of the untrained model of the demo's training config on the valid split (in this process)."""
     import torch
 
-    from pipelines.train import load_job
+    from pipelines.train_job import load_job
     from sgmg.eval.evaluate import evaluate
     from sgmg.eval.ref_ytvos import write_expression_masks
     from sgmg.inference.commands import load_tokenizer_for

@@ -4,7 +4,7 @@
 version (default: the one ``--alias`` points at) with all its tags and the alias's history; ``promote`` points the
 alias at a version by hand (refused when its checkpoint files cannot be found); ``rollback`` points it back at the
 version it pointed at before the last move. Sweeps and ``sgmg train --register`` move the alias only to a better
-version (``pipelines.tracking.register_candidate``). Every move is logged with who made it and why.
+version (``pipelines.registry.register_candidate``). Every move is logged with who made it and why.
 
 Options (before or after the action): ``--name`` (default ``sgmg``), ``--tracking-uri`` (default:
 ``$MLFLOW_TRACKING_URI``, else the ``sqlite:///<cwd>/mlflow.db`` that ``sgmg train`` and ``sgmg sweep`` write),
@@ -71,7 +71,7 @@ def _fmt_jf(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sgmg registry``; returns the exit code."""
-    from pipelines import tracking
+    from pipelines import registry
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
@@ -83,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     handler = logging.StreamHandler(sys.stderr)  # the alias moves are logged (who, why): show them
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("pipelines.tracking")
+    logger = logging.getLogger("pipelines.registry")
     logger.addHandler(handler)
     saved_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        return _run(args, uri, tracking)
-    except tracking.RegistryError as err:
+        return _run(args, uri, registry)
+    except registry.RegistryError as err:
         print(f"sgmg registry: {err}", file=sys.stderr)
         return 2
     finally:
@@ -97,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
         logger.setLevel(saved_level)
 
 
-def _run(args: argparse.Namespace, uri: str, tracking) -> int:  # noqa: ANN001 - the pipelines.tracking module
+def _run(args: argparse.Namespace, uri: str, registry) -> int:  # noqa: ANN001 - the pipelines.registry module
     name, alias = args.name, args.alias
     if args.action == "list":
-        versions = tracking.list_versions(uri, name)
+        versions = registry.list_versions(uri, name)
         print(f"{'version':>7}  {'val_jf':>7}  {'validation set':<14}  {'aliases':<16}  {'created (UTC)':<25}  source")
         for v in versions:
             print(
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace, uri: str, tracking) -> int:  # noqa: ANN001 -
             )
         return 0
     if args.action == "show":
-        v = tracking.get_version(uri, name, args.version, alias=alias)
+        v = registry.get_version(uri, name, args.version, alias=alias)
         print(f"model {name} version {v.version}")
         print(f"  aliases:        {', '.join(v.aliases) or '-'}")
         print(f"  val_jf:         {_fmt_jf(v.val_jf)}")
@@ -117,28 +117,28 @@ def _run(args: argparse.Namespace, uri: str, tracking) -> int:  # noqa: ANN001 -
         print(f"  source:         {v.source or '-'}")
         print(f"  created (UTC):  {v.created}")
         print(f"  MLflow run:     {v.run_id or '-'}")
-        missing = tracking.missing_files(uri, name, v.version)
+        missing = registry.missing_files(uri, name, v.version)
         print(f"  checkpoint:     {'complete' if not missing else 'MISSING ' + ', '.join(missing)}")
         for key, value in sorted(v.tags.items()):
-            if key not in (tracking.TAG_VAL_JF, tracking.TAG_VAL_SET, tracking.TAG_SOURCE, tracking.TAG_CONFIG):
+            if key not in (registry.TAG_VAL_JF, registry.TAG_VAL_SET, registry.TAG_SOURCE, registry.TAG_CONFIG):
                 print(f"  tag {key}: {value}")
-        if tracking.TAG_CONFIG in v.tags:
+        if registry.TAG_CONFIG in v.tags:
             print("  config:")
             try:
-                text = json.dumps(json.loads(v.tags[tracking.TAG_CONFIG]), indent=2, sort_keys=True)
+                text = json.dumps(json.loads(v.tags[registry.TAG_CONFIG]), indent=2, sort_keys=True)
             except ValueError:
-                text = v.tags[tracking.TAG_CONFIG]
+                text = v.tags[registry.TAG_CONFIG]
             print("\n".join("    " + line for line in text.splitlines()))
-        history = tracking.alias_history(uri, name, alias)
+        history = registry.alias_history(uri, name, alias)
         if history:
             print(f"  earlier {alias} versions (newest last; rollback returns to the last):")
             for h in history:
                 print(f"    version {h['version']} until {h['at']} ({h['who']}: {h['why']})")
         return 0
     if args.action == "promote":
-        before = tracking.promote(uri, name, args.version, alias=alias, why=args.reason)
+        before = registry.promote(uri, name, args.version, alias=alias, why=args.reason)
         print(f"models:/{name}@{alias} -> version {args.version} (was {before or 'unset'})")
         return 0
-    before, now = tracking.rollback(uri, name, alias=alias, why=args.reason)
+    before, now = registry.rollback(uri, name, alias=alias, why=args.reason)
     print(f"models:/{name}@{alias} -> version {now} (rolled back from {before or 'unset'})")
     return 0

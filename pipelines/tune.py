@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.train import RayTrainJob, prepare_tracking, register_run
+from pipelines.train import register_run
+from pipelines.train_job import RayTrainJob, prepare_tracking
 from sgmg.config_io import ConfigValueError, require
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "grid")
@@ -68,7 +69,9 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require("job", self.job, self.job is not None, "the base Ray Train job (pipelines.train.RayTrainJob fields)")
+        require(
+            "job", self.job, self.job is not None, "the base Ray Train job (pipelines.train_job.RayTrainJob fields)"
+        )
         require(
             "space",
             self.space,
@@ -177,7 +180,7 @@ def trial_job(base: dict[str, Any], params: dict[str, Any], name: str) -> RayTra
     """
     import copy
 
-    from pipelines.train import job_from_dict
+    from pipelines.train_job import job_from_dict
     from sgmg.config_io import set_dotted
 
     data = copy.deepcopy(base)

@@ -12,7 +12,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--local",
         action="store_true",
         help="train in this process, without Ray (config: TrainConfig fields); without it: a Ray Train job "
-        "(pipelines.train.RayTrainJob fields: shards, num_workers, storage_path, train: {...}, tracking: {...})",
+        "(pipelines.train_job.RayTrainJob fields: shards, num_workers, storage_path, train: {...}, tracking: {...})",
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="training config; optional")
     parser.add_argument(

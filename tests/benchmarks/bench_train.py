@@ -53,7 +53,7 @@ def main() -> None:
     import ray
     from tiny_ytvos import write_tiny_ytvos
 
-    from pipelines import ingest, tracking
+    from pipelines import ingest, tracking, train_job
     from pipelines import train as ray_train
 
     print(f"load average before: {os.getloadavg()}")
@@ -68,8 +68,8 @@ def main() -> None:
     uri = tracking.default_tracking_uri(work)
     results: dict[str, dict] = {}
 
-    def job(name: str, workers: int, steps: int, checkpoint_every: int) -> ray_train.RayTrainJob:
-        return ray_train.load_job(
+    def job(name: str, workers: int, steps: int, checkpoint_every: int) -> train_job.RayTrainJob:
+        return train_job.load_job(
             None,
             [
                 f"shards={shards}",

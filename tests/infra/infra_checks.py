@@ -384,7 +384,7 @@ def check_entrypoint(entrypoint: str, env: dict[str, str]) -> list[str]:
 def _load_command_config(command: str, args: Any, entrypoint: str) -> list[str]:
     try:
         if command == "train":
-            from pipelines.train import load_job
+            from pipelines.train_job import load_job
 
             load_job(args.config, args.overrides)
         elif command == "sweep":

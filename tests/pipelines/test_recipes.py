@@ -14,12 +14,13 @@ from tiny_formats import write_tiny_mevis, write_tiny_refcoco
 from tiny_ytvos import write_tiny_ytvos
 
 from pipelines import train as ray_train
+from pipelines import train_job
 from sgmg.train.local import train_local
 
 CONFIGS = Path(ray_train.__file__).parent / "configs"
 
 
-def one_step(job: ray_train.RayTrainJob, root: Path, split: str, out: Path, init_from: str | None = None):
+def one_step(job: train_job.RayTrainJob, root: Path, split: str, out: Path, init_from: str | None = None):
     """The job's training section, one optimizer step on ``root`` with ``sgmg_tiny`` on CPU."""
     overrides = {k: v for k, v in job.train.model_overrides.items() if k != "text"}
     text = {k: v for k, v in job.train.model_overrides.get("text", {}).items() if k != "pretrained"}  # offline
@@ -42,15 +43,15 @@ def one_step(job: ray_train.RayTrainJob, root: Path, split: str, out: Path, init
 
 @pytest.mark.integration  # three short training runs (about 15 s on 2 cores), not a unit test
 def test_recipes_load_with_the_papers_settings_and_chain_on_tiny_data(tmp_path) -> None:
-    pretrain = ray_train.load_job(CONFIGS / "pretrain_refcoco.yaml")
+    pretrain = train_job.load_job(CONFIGS / "pretrain_refcoco.yaml")
     assert (pretrain.recipe, pretrain.train.data.num_frames, pretrain.train.data.batch_size) == ("image", 1, 2)
     assert pretrain.max_epochs == 11 and pretrain.train.optim.lr_milestones == (8, 10)
     assert pretrain.train.model_overrides["text"]["freeze"] is False  # the text encoder is trained in stage 1
-    finetune = ray_train.load_job(CONFIGS / "finetune_ytvos.yaml")
+    finetune = train_job.load_job(CONFIGS / "finetune_ytvos.yaml")
     assert (finetune.recipe, finetune.train.data.num_frames, finetune.train.data.batch_size) == ("video", 5, 1)
     assert finetune.max_epochs == 6 and finetune.train.optim.lr_milestones == (3, 5)
     assert finetune.train.init_from and finetune.train.reinit_score_heads and finetune.train.data.max_size == 640
-    mevis = ray_train.load_job(CONFIGS / "train_mevis.yaml")
+    mevis = train_job.load_job(CONFIGS / "train_mevis.yaml")
     assert mevis.max_epochs == 3 and mevis.train.optim.lr_milestones == (1, 2)
     assert mevis.train.optim.lr_reference_world_size == 4  # from scratch: LRs x GPUs/4
     for job in (pretrain, finetune, mevis):
@@ -66,4 +67,4 @@ def test_recipes_load_with_the_papers_settings_and_chain_on_tiny_data(tmp_path) 
 
 def test_max_epochs_is_checked() -> None:
     with pytest.raises(ValueError, match="max_epochs: expected an integer >= 1, or null"):
-        ray_train.load_job(CONFIGS / "train_mevis.yaml", ["max_epochs=0"])
+        train_job.load_job(CONFIGS / "train_mevis.yaml", ["max_epochs=0"])

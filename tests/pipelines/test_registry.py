@@ -1,4 +1,4 @@
-"""The model registry's champion only gets better: pipelines.tracking.register_candidate / promote / rollback and the
+"""The model registry's champion only gets better: pipelines.registry.register_candidate / promote / rollback and the
 ``sgmg registry`` command, on MLflow with a sqlite store in a temp folder and a real tiny checkpoint."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from sgmg.cli import main
 
 
@@ -31,29 +31,29 @@ def uri(tmp_path: Path) -> str:
 
 
 def _champion(uri: str) -> str:
-    return tracking.get_version(uri, "sgmg").version
+    return registry.get_version(uri, "sgmg").version
 
 
 def test_decide_promotion_rules() -> None:
-    def champ(jf: float | None, val_set: str | None) -> tracking.VersionInfo:
-        return tracking.VersionInfo("7", jf, val_set, "sweep:s", ("champion",), "2026-01-01T00:00:00+00:00", None, {})
+    def champ(jf: float | None, val_set: str | None) -> registry.VersionInfo:
+        return registry.VersionInfo("7", jf, val_set, "sweep:s", ("champion",), "2026-01-01T00:00:00+00:00", None, {})
 
-    assert tracking.decide_promotion(0.1, "A", None) == (True, "no champion yet; val_jf 0.1000")
-    assert tracking.decide_promotion(0.5, "A", champ(0.4, "A"))[0] is True
-    assert tracking.decide_promotion(0.4, "A", champ(0.4, "A"))[0] is False  # strictly higher only
-    assert "another validation set" in tracking.decide_promotion(0.9, "B", champ(0.4, "A"))[1]
-    assert "no recorded val_jf" in tracking.decide_promotion(0.9, "A", champ(None, "A"))[1]
-    assert "no recorded val_jf" in tracking.decide_promotion(0.9, "A", champ(0.1, None))[1]
-    assert tracking.decide_promotion(None, "A", None)[0] is False  # an unscored version never becomes champion alone
+    assert registry.decide_promotion(0.1, "A", None) == (True, "no champion yet; val_jf 0.1000")
+    assert registry.decide_promotion(0.5, "A", champ(0.4, "A"))[0] is True
+    assert registry.decide_promotion(0.4, "A", champ(0.4, "A"))[0] is False  # strictly higher only
+    assert "another validation set" in registry.decide_promotion(0.9, "B", champ(0.4, "A"))[1]
+    assert "no recorded val_jf" in registry.decide_promotion(0.9, "A", champ(None, "A"))[1]
+    assert "no recorded val_jf" in registry.decide_promotion(0.9, "A", champ(0.1, None))[1]
+    assert registry.decide_promotion(None, "A", None)[0] is False  # an unscored version never becomes champion alone
 
 
 def test_champion_moves_only_to_a_better_version_on_the_same_validation_set(
     uri: str, checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipelines.tracking")
+    caplog.set_level(logging.INFO, logger="pipelines.registry")
 
-    def register(jf: float | None, val_set: str | None) -> tracking.Registration:
-        return tracking.register_candidate(
+    def register(jf: float | None, val_set: str | None) -> registry.Registration:
+        return registry.register_candidate(
             uri, checkpoint, "sgmg", val_jf=jf, val_set=val_set, source="sweep:s1", config={"train": {"lr": 1e-4}}
         )
 
@@ -71,23 +71,23 @@ def test_champion_moves_only_to_a_better_version_on_the_same_validation_set(
         "models:/sgmg@champion moved from version 1 to 5 by " in caplog.text and "automatic (sweep:s1)" in caplog.text
     )
 
-    info = tracking.get_version(uri, "sgmg", "5")
+    info = registry.get_version(uri, "sgmg", "5")
     assert info.val_jf == 0.40 and info.val_set == "A" and info.source == "sweep:s1" and info.aliases == ("champion",)
     assert json.loads(info.tags["config"]) == {"train": {"lr": 1e-4}}
-    assert [v.version for v in tracking.list_versions(uri, "sgmg")] == ["5", "4", "3", "2", "1"]
+    assert [v.version for v in registry.list_versions(uri, "sgmg")] == ["5", "4", "3", "2", "1"]
     # the replaced champion is remembered; rollback moves the alias back and forgets the move
-    assert [h["version"] for h in tracking.alias_history(uri, "sgmg")] == ["1"]
-    assert tracking.rollback(uri, "sgmg", why="regression in prod") == ("5", "1") and _champion(uri) == "1"
-    assert tracking.alias_history(uri, "sgmg") == []
-    with pytest.raises(tracking.RegistryError, match="no earlier version to roll back to"):
-        tracking.rollback(uri, "sgmg")
+    assert [h["version"] for h in registry.alias_history(uri, "sgmg")] == ["1"]
+    assert registry.rollback(uri, "sgmg", why="regression in prod") == ("5", "1") and _champion(uri) == "1"
+    assert registry.alias_history(uri, "sgmg") == []
+    with pytest.raises(registry.RegistryError, match="no earlier version to roll back to"):
+        registry.rollback(uri, "sgmg")
 
 
 def test_a_champion_without_score_is_kept_until_promoted_by_hand(uri: str, checkpoint: Path) -> None:
-    unscored = tracking.register_candidate(uri, checkpoint, "sgmg", val_jf=None, val_set=None, source="run:r")
+    unscored = registry.register_candidate(uri, checkpoint, "sgmg", val_jf=None, val_set=None, source="run:r")
     assert not unscored.promoted and "promote it by hand" in unscored.reason
-    assert tracking.promote(uri, "sgmg", unscored.version, why="first model") is None
-    scored = tracking.register_candidate(uri, checkpoint, "sgmg", val_jf=0.9, val_set="A", source="run:r2")
+    assert registry.promote(uri, "sgmg", unscored.version, why="first model") is None
+    scored = registry.register_candidate(uri, checkpoint, "sgmg", val_jf=0.9, val_set="A", source="run:r2")
     assert not scored.promoted and "no recorded val_jf" in scored.reason and _champion(uri) == "1"
 
 
@@ -105,7 +105,7 @@ def test_registry_command_list_show_promote_rollback(
     uri: str, checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for jf in (0.5, 0.2, 0.1):
-        tracking.register_candidate(uri, checkpoint, "sgmg", val_jf=jf, val_set="f00d" * 16, source="sweep:s")
+        registry.register_candidate(uri, checkpoint, "sgmg", val_jf=jf, val_set="f00d" * 16, source="sweep:s")
     opts = ["--tracking-uri", uri]
     assert main(["registry", "list", *opts]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -41,12 +41,12 @@ class Server:
     """A running ``sgmg serve`` subprocess."""
 
     def __init__(self, work: Path, checkpoint: str) -> None:
-        from pipelines import tracking
+        from pipelines import registry
 
         self.work = work
         self.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-        self.version1 = tracking.register_checkpoint(self.tracking_uri, checkpoint, MODEL)
-        tracking.promote(self.tracking_uri, MODEL, self.version1, why="the Serve test's first model")
+        self.version1 = registry.register_checkpoint(self.tracking_uri, checkpoint, MODEL)
+        registry.promote(self.tracking_uri, MODEL, self.version1, why="the Serve test's first model")
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: unix socket paths < 108 chars
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -237,7 +237,7 @@ def test_page_draws_the_mask(server: Server, mp4: Path, tmp_path: Path) -> None:
 
 def test_alias_move_is_followed_without_failing_requests(server: Server, mp4: Path, tmp_path: Path) -> None:
     import sgmg
-    from pipelines import tracking
+    from pipelines import registry
 
     sgmg.save_checkpoint(sgmg.build_model("sgmg_tiny"), tmp_path / "other")
     results: list[str] = []
@@ -255,8 +255,8 @@ def test_alias_move_is_followed_without_failing_requests(server: Server, mp4: Pa
     worker.start()
     try:
         time.sleep(2)
-        version2 = tracking.register_checkpoint(server.tracking_uri, tmp_path / "other", MODEL)
-        tracking.promote(server.tracking_uri, MODEL, version2, why="the Serve test moves the alias")
+        version2 = registry.register_checkpoint(server.tracking_uri, tmp_path / "other", MODEL)
+        registry.promote(server.tracking_uri, MODEL, version2, why="the Serve test moves the alias")
         moved_at = time.monotonic()
         while time.monotonic() - moved_at < 60:
             if requests.get(f"{server.url}/v1/model", timeout=10).json()["version"] == version2:

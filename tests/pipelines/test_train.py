@@ -8,48 +8,48 @@ import json
 
 import pytest
 
-from pipelines import storage, tracking
+from pipelines import storage, tracking, train_job, train_worker
 from pipelines import train as ray_train
 
 
 def test_job_config_validation(tmp_path) -> None:
-    job = ray_train.load_job(None, ["shards=/data/x", "train.max_steps=3", "train.optim.lr=2e-5", "num_workers=4"])
+    job = train_job.load_job(None, ["shards=/data/x", "train.max_steps=3", "train.optim.lr=2e-5", "num_workers=4"])
     assert job.train.max_steps == 3 and job.train.optim.lr == 2e-5 and job.num_workers == 4
-    assert ray_train.job_from_dict(dataclasses.asdict(job)) == job  # what the workers rebuild
+    assert train_job.job_from_dict(dataclasses.asdict(job)) == job  # what the workers rebuild
     with pytest.raises(ValueError, match="shards: expected the --dest of a finished `sgmg ingest`"):
-        ray_train.load_job(None, [])
+        train_job.load_job(None, [])
     with pytest.raises(ValueError, match=r"train\.optim\.lr"):
-        ray_train.load_job(None, ["shards=x", "train.optim.lr=fast"])
+        train_job.load_job(None, ["shards=x", "train.optim.lr=fast"])
     with pytest.raises(ValueError, match="recipe"):
-        ray_train.load_job(None, ["shards=x", "recipe=mosaic"])
+        train_job.load_job(None, ["shards=x", "recipe=mosaic"])
     # every value is checked on the driver, before Ray starts; the error names the override it came from
     with pytest.raises(
         ValueError, match=r"train\.optim\.lr: expected a finite number, got 'nan' \(from the command-line "
     ):
-        ray_train.load_job(None, ["shards=x", "train.optim.lr=nan"])
+        train_job.load_job(None, ["shards=x", "train.optim.lr=nan"])
     with pytest.raises(ValueError, match="cpus_per_worker: expected a number of CPUs > 0, got 0.0"):
-        ray_train.load_job(None, ["shards=x", "cpus_per_worker=0"])
+        train_job.load_job(None, ["shards=x", "cpus_per_worker=0"])
     with pytest.raises(FileNotFoundError):
-        ray_train.load_job(tmp_path / "missing.yaml")
-    assert ray_train.steps_per_epoch(10, job) == 2  # 10 samples / (batch 1 x 4 workers)
-    assert ray_train.resource_problem(job, {"CPU": 5.0}) is None  # 4 workers x 1 + 1 decode
-    assert "needs 5 CPUs" in ray_train.resource_problem(job, {"CPU": 4.0})
+        train_job.load_job(tmp_path / "missing.yaml")
+    assert train_job.steps_per_epoch(10, job) == 2  # 10 samples / (batch 1 x 4 workers)
+    assert train_job.resource_problem(job, {"CPU": 5.0}) is None  # 4 workers x 1 + 1 decode
+    assert "needs 5 CPUs" in train_job.resource_problem(job, {"CPU": 4.0})
     gpu_job = dataclasses.replace(job, use_gpu=True)
-    assert "needs 4 GPUs" in ray_train.resource_problem(gpu_job, {"CPU": 8.0, "GPU": 2.0})
+    assert "needs 4 GPUs" in train_job.resource_problem(gpu_job, {"CPU": 8.0, "GPU": 2.0})
 
 
 def test_default_tracking_uri_is_resolved_on_the_driver(tmp_path, monkeypatch) -> None:
     """Workers run in Ray's session folder: they must get the driver's URI, not compute a default of their own."""
     monkeypatch.chdir(tmp_path)
-    job = ray_train.prepare_tracking(ray_train.load_job(None, ["shards=/x"]))
+    job = train_job.prepare_tracking(train_job.load_job(None, ["shards=/x"]))
     assert job.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and (tmp_path / "mlflow.db").is_file()
-    off = ray_train.load_job(None, ["shards=/x", "tracking.enabled=false"])
-    assert ray_train.prepare_tracking(off) == off and off.tracking.tracking_uri is None
+    off = train_job.load_job(None, ["shards=/x", "tracking.enabled=false"])
+    assert train_job.prepare_tracking(off) == off and off.tracking.tracking_uri is None
 
 
 def test_workers_print_each_line_once() -> None:
     """Train V2's print patch copies every worker print to the root logger as well as to stdout: lines came twice."""
-    run_config = ray_train._run_config(ray_train.load_job(None, ["shards=/x", "storage_path=/tmp/x"]))
+    run_config = ray_train._run_config(train_job.load_job(None, ["shards=/x", "storage_path=/tmp/x"]))
     assert run_config.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
@@ -57,7 +57,7 @@ def test_workers_print_each_line_once() -> None:
 def test_shipped_train_configs_are_valid(name: str) -> None:
     from pathlib import Path
 
-    job = ray_train.load_job(Path(ray_train.__file__).parent / "configs" / name)
+    job = train_job.load_job(Path(ray_train.__file__).parent / "configs" / name)
     assert job.shards and job.train.max_steps > job.train.checkpoint_every
 
 
@@ -82,7 +82,7 @@ def test_train_two_workers_checkpoints_to_s3_and_resumes(small_ingest, s3_bucket
         "train.log_every=1",
         "train.keep_checkpoints=2",
     ]
-    first = ray_train.fit(ray_train.load_job(None, overrides), log=lambda m: None)
+    first = ray_train.fit(train_job.load_job(None, overrides), log=lambda m: None)
     assert (
         first.metrics["step"] == 4 and first.checkpoint and first.checkpoint.startswith(f"s3://{s3_bucket}/runs/tiny/")
     )
@@ -125,7 +125,7 @@ def test_validation_split_over_ranks_equals_one_process(small_ingest) -> None:
     from sgmg.data.tokenizer import load_tokenizer
     from sgmg.zoo import build_model
 
-    job = ray_train.load_job(
+    job = train_job.load_job(
         None,
         [f"shards={small_ingest}", f"val_shards={small_ingest}", "train.model=sgmg_tiny", "train.data.num_frames=2"],
     )
@@ -133,10 +133,10 @@ def test_validation_split_over_ranks_equals_one_process(small_ingest) -> None:
     model = build_model("sgmg_tiny").eval()
     tokenizer = load_tokenizer(model.config.text.tokenizer_source)
     device = torch.device("cpu")
-    whole = ray_train.validation_metrics(job, model, tokenizer, device)
-    shares = [ray_train.validation_sums(job, model, tokenizer, device, rank=r, world=3) for r in range(3)]
+    whole = train_worker.validation_metrics(job, model, tokenizer, device)
+    shares = [train_worker.validation_sums(job, model, tokenizer, device, rank=r, world=3) for r in range(3)]
     assert all(s[2] > 0 for s in shares[:2])  # the shares are real splits (4 videos over 3 ranks)
-    split = ray_train.validation_metrics(
+    split = train_worker.validation_metrics(
         job, model, tokenizer, device, rank=1, world=3, all_reduce=lambda mine: sum(shares)
     )
     # J and F are exact; the loss is a second forward in train mode (dropout, as upstream), so close, not equal

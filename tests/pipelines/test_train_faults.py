@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import storage, tracking
+from pipelines import storage, tracking, train_job
 from pipelines import train as ray_train
 
 
@@ -120,9 +120,9 @@ def test_worker_killed_before_and_after_a_checkpoint(small_ingest, tmp_path) -> 
     from pipelines import ingest
 
     uri = tracking.default_tracking_uri(tmp_path)
-    job = ray_train.load_job(None, overrides(small_ingest, uri, tmp_path / "runs", **{"train.max_steps": 24}))
+    job = train_job.load_job(None, overrides(small_ingest, uri, tmp_path / "runs", **{"train.max_steps": 24}))
     run_path = tmp_path / "runs" / "faults"
-    spe = ray_train.steps_per_epoch(int(ingest.load_manifest(small_ingest)["num_samples"]), job)
+    spe = train_job.steps_per_epoch(int(ingest.load_manifest(small_ingest)["num_samples"]), job)
     assert 1 < spe < 12  # the run crosses epochs, so the epoch counter is checked
     box: dict = {}
 
@@ -214,8 +214,8 @@ def test_train_command_killed_and_rerun_resumes(ray_cluster, small_ingest, s3_bu
     assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
     from pipelines import ingest
 
-    spe = ray_train.steps_per_epoch(
-        int(ingest.load_manifest(small_ingest)["num_samples"]), ray_train.load_job(None, args)
+    spe = train_job.steps_per_epoch(
+        int(ingest.load_manifest(small_ingest)["num_samples"]), train_job.load_job(None, args)
     )
     assert_one_clean_history(uri, run_id, 12, spe)
     assert checkpoint_names(run_path) == ["step_0000012"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import storage, tracking, tune
+from pipelines import registry, storage, tracking, tune
 
 SPACE = '{"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}'
 
@@ -73,7 +73,7 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     assert result.registered_version == "1" and result.best_checkpoint
 
     # the champion is the best trial's checkpoint, logged into that trial's MLflow run
-    model = tracking.load_registered_model(uri, "models:/sgmg@champion")
+    model = registry.load_registered_model(uri, "models:/sgmg@champion")
     from safetensors.torch import load
 
     best = load(storage.read_bytes(storage.join(result.best_checkpoint, "model.safetensors")))
