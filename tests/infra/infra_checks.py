@@ -388,7 +388,7 @@ def _load_command_config(command: str, args: Any, entrypoint: str) -> list[str]:
 
             load_job(args.config, args.overrides)
         elif command == "sweep":
-            from pipelines.tune import load_sweep
+            from pipelines.sweep_config import load_sweep
 
             load_sweep(args.config, args.overrides)
         elif command == "ingest":

@@ -10,24 +10,28 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import registry, storage, tracking, tune
+from pipelines import registry, storage, sweep_config, tracking, tune
 
 SPACE = '{"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}'
 
 
 def test_sweep_config_validation() -> None:
-    cfg = tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", f"space={SPACE}", "num_samples=1"])
+    cfg = sweep_config.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", f"space={SPACE}", "num_samples=1"])
     assert cfg.metric == "val_jf" and cfg.job.val_shards == "/y"
-    job = tune.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lr": 3e-4, "train.loss.weight_dice": 3}, "t1")
+    job = sweep_config.trial_job(
+        dataclasses.asdict(cfg.job), {"train.optim.lr": 3e-4, "train.loss.weight_dice": 3}, "t1"
+    )
     assert job.train.optim.lr == 3e-4 and job.train.loss.weight_dice == 3.0 and job.name == "t1"
     with pytest.raises(ValueError, match="not a field"):
-        tune.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lrr": 1.0}, "t1")
+        sweep_config.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lrr": 1.0}, "t1")
     with pytest.raises(ValueError, match="val_shards"):
-        tune.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
+        sweep_config.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
     with pytest.raises(ValueError, match="space.train.optim.lr"):
-        tune.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}'])
+        sweep_config.load_sweep(
+            None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}']
+        )
     with pytest.raises(ValueError, match="job: expected the base Ray Train job"):
-        tune.load_sweep(None, [f"space={SPACE}"])
+        sweep_config.load_sweep(None, [f"space={SPACE}"])
     # the space is checked before any trial runs: bounds, and the jobs its extreme values make
     base = ["job.shards=/x", "job.val_shards=/y"]
     for space, message in (
@@ -38,13 +42,13 @@ def test_sweep_config_validation() -> None:
         ('{"train.optim.lrr": {"uniform": [1, 2]}}', "not a field of the job"),
     ):
         with pytest.raises(ValueError, match=message):
-            tune.load_sweep(None, [*base, f"space={space}"])
+            sweep_config.load_sweep(None, [*base, f"space={space}"])
 
 
 @pytest.mark.integration
 def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> None:
     uri = tracking.default_tracking_uri(tmp_path)
-    cfg = tune.load_sweep(
+    cfg = sweep_config.load_sweep(
         None,
         [
             f"space={SPACE}",
@@ -133,10 +137,10 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
 def test_shipped_sweep_config_is_valid() -> None:
     from pathlib import Path
 
-    cfg = tune.load_sweep(Path(tune.__file__).parent / "configs" / "sweep.yaml")
+    cfg = sweep_config.load_sweep(Path(tune.__file__).parent / "configs" / "sweep.yaml")
     assert cfg.job.val_shards and len(cfg.space) == 5
     params = {"train.optim.lr": 1e-4, "train.loss.weight_dice": 5.0}
-    assert tune.trial_job(dataclasses.asdict(cfg.job), params, "t").train.loss.weight_dice == 5.0
+    assert sweep_config.trial_job(dataclasses.asdict(cfg.job), params, "t").train.loss.weight_dice == 5.0
 
 
 @pytest.mark.integration
