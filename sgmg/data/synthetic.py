@@ -347,59 +347,90 @@ def write_synthetic_dataset(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    total = config.train_videos + config.valid_videos
-    done = 0
     summary: dict = {"config": asdict(config), "videos": {}}
     try:
-        counter = 0
+        first = 0  # videos are numbered across the splits
         for split, count in (("train", config.train_videos), ("valid", config.valid_videos)):
-            meta_exp: dict = {}
-            meta_obj: dict = {}
-            sentences: dict = {}
-            for i in range(count):
-                vid = f"vid{counter:05d}"
-                counter += 1
-                rng = np.random.default_rng([config.seed, SPLIT_CODES[split], i])
-                frames, labels, objects = render_video(rng, config.frames, config.height, config.width)
-                exps = _expressions(objects, rng, config.expressions_per_object)
-                frame_ids = [f"{t:05d}" for t in range(config.frames)]
-                for t, fid in enumerate(frame_ids):
-                    _write(tmp / split / "JPEGImages" / vid / f"{fid}.jpg", encode_jpeg(frames[t], quality=92))
-                    _write(tmp / split / "Annotations" / vid / f"{fid}.png", encode_png(labels[t], PALETTE))
-                meta_exp[vid] = {
-                    "expressions": {str(k): {"exp": s, "obj_id": str(o)} for k, (s, o) in enumerate(exps)},
-                    "frames": frame_ids,
-                }
-                meta_obj[vid] = {
-                    "objects": {
-                        str(o.obj_id): {
-                            "category": o.shape,
-                            "frames": [f for t, f in enumerate(frame_ids) if (labels[t] == o.obj_id).any()],
-                        }
-                        for o in objects
-                    }
-                }
-                sentences[vid] = {str(k): s for k, (s, _) in enumerate(exps)}
-                summary["videos"][vid] = {"split": split, "objects": [asdict(o) for o in objects]}
-                if config.mp4:
-                    _write(tmp / "videos" / split / f"{vid}.mp4", encode_mp4(frames))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            if count:
-                _write(tmp / "meta_expressions" / split / "meta_expressions.json", _json_bytes({"videos": meta_exp}))
-                _write(tmp / split / "meta.json", _json_bytes({"videos": meta_obj}))
-                if config.mp4:
-                    _write(tmp / "videos" / split / "expressions.json", _json_bytes(sentences))
+            _write_split(tmp, config, split, count, first, summary["videos"], progress)
+            first += count
         _write(tmp / "synthetic.json", _json_bytes(summary))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_split(
+    root: Path,
+    config: SyntheticConfig,
+    split: str,
+    count: int,
+    first: int,
+    videos: dict,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Write the ``count`` videos of ``split`` (numbered from ``first``) and the split's index files under ``root``;
+    add each video's objects to ``videos`` (the ``synthetic.json`` summary) and report ``progress`` after each."""
+    total = config.train_videos + config.valid_videos
+    meta_exp: dict = {}
+    meta_obj: dict = {}
+    sentences: dict = {}
+    for i in range(count):
+        vid = f"vid{first + i:05d}"
+        meta_exp[vid], meta_obj[vid], sentences[vid], videos[vid] = _write_video(root, config, split, i, vid)
+        if progress is not None:
+            progress(first + i + 1, total)
+    if count:
+        _write(root / "meta_expressions" / split / "meta_expressions.json", _json_bytes({"videos": meta_exp}))
+        _write(root / split / "meta.json", _json_bytes({"videos": meta_obj}))
+        if config.mp4:
+            _write(root / "videos" / split / "expressions.json", _json_bytes(sentences))
+
+
+def _write_video(
+    root: Path, config: SyntheticConfig, split: str, index: int, vid: str
+) -> tuple[dict, dict, dict, dict]:
+    """Render video ``index`` of ``split`` (its own random stream: seed, split, index) and write its frames, masks and
+    (``config.mp4``) mp4.
+
+    Returns:
+        The video's entries of ``meta_expressions.json``, ``meta.json``, the ``videos`` format's ``expressions.json``
+        and ``synthetic.json``.
+    """
+    rng = np.random.default_rng([config.seed, SPLIT_CODES[split], index])
+    frames, labels, objects = render_video(rng, config.frames, config.height, config.width)
+    exps = _expressions(objects, rng, config.expressions_per_object)
+    frame_ids = [f"{t:05d}" for t in range(config.frames)]
+    for t, fid in enumerate(frame_ids):
+        _write(root / split / "JPEGImages" / vid / f"{fid}.jpg", encode_jpeg(frames[t], quality=92))
+        _write(root / split / "Annotations" / vid / f"{fid}.png", encode_png(labels[t], PALETTE))
+    meta_exp = {
+        "expressions": {str(k): {"exp": s, "obj_id": str(o)} for k, (s, o) in enumerate(exps)},
+        "frames": frame_ids,
+    }
+    meta_obj = {
+        "objects": {
+            str(o.obj_id): {
+                "category": o.shape,
+                "frames": [f for t, f in enumerate(frame_ids) if (labels[t] == o.obj_id).any()],
+            }
+            for o in objects
+        }
+    }
+    sentences = {str(k): s for k, (s, _) in enumerate(exps)}
+    summary = {"split": split, "objects": [asdict(o) for o in objects]}
+    if config.mp4:
+        _write(root / "videos" / split / f"{vid}.mp4", encode_mp4(frames))
+    return meta_exp, meta_obj, sentences, summary
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``; an existing ``out`` is removed only once the new one is there."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old)
+    else:
+        new.rename(out)
