@@ -76,19 +76,11 @@ def evaluate(
     pred_root = Path(predictions)
     if not pred_root.is_dir():
         raise EvalInputError(f"predictions folder not found: {pred_root}")
-    gt_root = _resolve_gt(Path(ground_truth))
-    meta = _read_json(gt_root / "meta_expressions.json")
-    vids = meta.get("videos") if isinstance(meta, dict) else None
-    if not isinstance(vids, dict):
-        raise EvalInputError(f"{gt_root / 'meta_expressions.json'}: expected a top-level 'videos' object")
-    mask_dict = _read_json(gt_root / "mask_dict.json")
-    if not isinstance(mask_dict, dict):
-        raise EvalInputError(f"{gt_root / 'mask_dict.json'}: expected {{anno_id: [RLE or null per frame]}}")
+    gt_root, vids, mask_dict = _load_ground_truth(Path(ground_truth))
     selected = sorted(vids) if videos is None else list(videos)
     unknown = [v for v in selected if v not in vids]
     if unknown:
         raise EvalInputError(f"videos not in {gt_root / 'meta_expressions.json'}: {unknown[:_MISSING_SHOWN]}")
-
     missing = [
         str(pred_root / vid / exp_id / f"{frame}.png")
         for vid in selected
@@ -109,24 +101,7 @@ def evaluate(
             where = f"{vid}/{exp_id}"
             paths = [pred_root / vid / exp_id / f"{fr}.png" for fr in frames]
             pred = foreground(stack_label_pngs(paths, f"predictions of {where}"))  # [T, H, W]
-            gt = np.zeros_like(pred)  # [T, H, W]
-            for anno_id in exp.get("anno_id", []):
-                per_frame = mask_dict.get(str(anno_id))
-                if not isinstance(per_frame, list) or len(per_frame) < len(frames):
-                    raise EvalInputError(
-                        f"mask_dict.json has no per-frame masks for anno_id {anno_id} of {where} "
-                        f"(need {len(frames)} entries)"
-                    )
-                for t, rle in enumerate(per_frame[: len(frames)]):
-                    if not rle:
-                        continue
-                    m = decode_rle(rle, f"mask_dict.json anno_id {anno_id} frame {t}")
-                    if m.shape != gt.shape[1:]:
-                        raise EvalInputError(
-                            f"{pred_root / where}: predicted masks are {gt.shape[1:]} but the ground truth of "
-                            f"anno_id {anno_id} is {m.shape}; resize predictions to the original frame size"
-                        )
-                    gt[t] |= m
+            gt = _target(exp.get("anno_id", []), mask_dict, pred.shape, where, pred_root)  # [T, H, W]
             j = float(np.mean(jaccard(gt, pred)))
             f = float(np.mean(f_measure(gt, pred)))
             per_item[where] = {"J": j, "F": f, "J&F": (j + f) / 2}
@@ -137,3 +112,51 @@ def evaluate(
     return EvalResult(
         benchmark="mevis", metrics={"J&F": (j_mean + f_mean) / 2, "J": j_mean, "F": f_mean}, per_item=per_item
     )
+
+
+def _load_ground_truth(ground_truth: Path) -> tuple[Path, dict, dict]:
+    """Read the ground truth of the split at ``ground_truth`` (or its ``valid_u/``).
+
+    Returns:
+        ``(split folder, the "videos" of meta_expressions.json, mask_dict.json)``.
+
+    Raises:
+        EvalInputError: a file is missing, unreadable or not of the expected shape.
+    """
+    gt_root = _resolve_gt(ground_truth)
+    meta = _read_json(gt_root / "meta_expressions.json")
+    vids = meta.get("videos") if isinstance(meta, dict) else None
+    if not isinstance(vids, dict):
+        raise EvalInputError(f"{gt_root / 'meta_expressions.json'}: expected a top-level 'videos' object")
+    mask_dict = _read_json(gt_root / "mask_dict.json")
+    if not isinstance(mask_dict, dict):
+        raise EvalInputError(f"{gt_root / 'mask_dict.json'}: expected {{anno_id: [RLE or null per frame]}}")
+    return gt_root, vids, mask_dict
+
+
+def _target(anno_ids: Sequence, mask_dict: dict, shape: tuple[int, ...], where: str, pred_root: Path) -> np.ndarray:
+    """The target of an expression: the union of its ``anno_ids``' masks per frame, bool ``shape`` ``[T, H, W]`` (an
+    object missing in a frame contributes nothing).
+
+    Raises:
+        EvalInputError: an ``anno_id`` without a mask per frame, a bad RLE, or a mask size other than the prediction's.
+    """
+    num_frames = shape[0]
+    gt = np.zeros(shape, dtype=bool)
+    for anno_id in anno_ids:
+        per_frame = mask_dict.get(str(anno_id))
+        if not isinstance(per_frame, list) or len(per_frame) < num_frames:
+            raise EvalInputError(
+                f"mask_dict.json has no per-frame masks for anno_id {anno_id} of {where} (need {num_frames} entries)"
+            )
+        for t, rle in enumerate(per_frame[:num_frames]):
+            if not rle:
+                continue
+            m = decode_rle(rle, f"mask_dict.json anno_id {anno_id} frame {t}")
+            if m.shape != gt.shape[1:]:
+                raise EvalInputError(
+                    f"{pred_root / where}: predicted masks are {gt.shape[1:]} but the ground truth of "
+                    f"anno_id {anno_id} is {m.shape}; resize predictions to the original frame size"
+                )
+            gt[t] |= m
+    return gt
