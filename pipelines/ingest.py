@@ -257,6 +257,10 @@ def run_ingest(
 ) -> IngestSummary:
     """Run the ingest job on the current Ray cluster (``ray.init`` must have been called).
 
+    The steps: return at once when ``dest`` already holds the manifest of this config; list the source's videos;
+    write the plan (or check the one a previous run wrote); keep the shards already committed; build the others on
+    Ray Data; write the quarantine report and, unless too many videos are bad, the manifest.
+
     Args:
         cfg: what to ingest and how.
         parallelism: number of concurrent shard tasks (default: the cluster's CPUs / ``num_cpus``).
@@ -271,18 +275,51 @@ def run_ingest(
             quarantine report is written; no manifest then).
         StorageError / DataError: the source or destination cannot be read or written.
     """
-    import ray
-
     t0 = time.perf_counter()
-    chash = cfg.config_hash()
-    manifest_uri = storage.join(cfg.dest, MANIFEST_NAME)
-    if storage.is_file(manifest_uri):
-        manifest = json.loads(storage.read_bytes(manifest_uri))
-        if manifest.get("config_hash") == chash:
-            printer(f"[ingest] {cfg.dest} is already complete ({len(manifest['shards'])} shards); nothing to do")
-            return IngestSummary(manifest, 0, len(manifest["shards"]), manifest["num_bad"], 0.0)
-        raise IngestError(f"{manifest_uri} was written with a different configuration; use a new --dest or delete it")
+    done = _completed_ingest(cfg, printer)
+    if done is not None:
+        return done
+    by_id = _list_videos(cfg)
+    plan = _ensure_plan(cfg, by_id)
+    count = len(plan["shards"])
+    results, todo = _committed_shards(cfg, plan, by_id, printer)
+    if todo:
+        _build_shards(cfg, todo, results, count, parallelism, num_cpus, printer)
+    ordered = _ordered_results(results, count)
+    quarantine = _write_quarantine(cfg, ordered, len(by_id))
+    manifest = _write_manifest(cfg, ordered, len(by_id), len(quarantine))
+    written = sum(1 for r in ordered if not r.skipped)
+    dt = time.perf_counter() - t0
+    printer(
+        f"[ingest] done: {count} shards ({written} written, {count - written} kept), {manifest['num_rows']} videos, "
+        f"{manifest['num_samples']} samples, {len(quarantine)} quarantined, {dt:.1f}s -> "
+        f"{storage.join(cfg.dest, MANIFEST_NAME)}"
+    )
+    return IngestSummary(manifest, written, count - written, len(quarantine), dt)
 
+
+def _completed_ingest(cfg: IngestConfig, printer: Callable[[str], None]) -> IngestSummary | None:
+    """The summary of a finished ingest of this config at ``cfg.dest`` (nothing to do), or None when there is none.
+
+    Raises:
+        IngestError: ``cfg.dest`` holds the manifest of a different configuration.
+    """
+    manifest_uri = storage.join(cfg.dest, MANIFEST_NAME)
+    if not storage.is_file(manifest_uri):
+        return None
+    manifest = json.loads(storage.read_bytes(manifest_uri))
+    if manifest.get("config_hash") == cfg.config_hash():
+        printer(f"[ingest] {cfg.dest} is already complete ({len(manifest['shards'])} shards); nothing to do")
+        return IngestSummary(manifest, 0, len(manifest["shards"]), manifest["num_bad"], 0.0)
+    raise IngestError(f"{manifest_uri} was written with a different configuration; use a new --dest or delete it")
+
+
+def _list_videos(cfg: IngestConfig) -> dict[str, VideoRecord]:
+    """The source's videos to ingest by id, sorted by id and cut to ``cfg.limit``.
+
+    Raises:
+        IngestError: no videos, or an id that is not unique.
+    """
     reader = open_reader(cfg.format, cfg.source, cfg.split)
     records = sorted(reader.list_videos(), key=lambda r: r.video_id)
     if cfg.limit is not None:
@@ -292,20 +329,44 @@ def run_ingest(
     by_id = {r.video_id: r for r in records}
     if len(by_id) != len(records):
         raise IngestError(f"duplicate video ids in {cfg.source}; ids must be unique per split")
+    return by_id
 
+
+def _ensure_plan(cfg: IngestConfig, by_id: dict[str, VideoRecord]) -> dict:
+    """The video -> shard plan: the one a previous run of this config wrote, or a new one, written before any shard.
+
+    Raises:
+        IngestError: the plan at ``cfg.dest`` is of another config, or of another set of videos than the source's now.
+    """
     plan = _load_plan(cfg)
     if plan is None:
-        plan = {"config": cfg.content_key(), "config_hash": chash, "shards": plan_shards(list(by_id), cfg.shard_size)}
+        plan = {
+            "config": cfg.content_key(),
+            "config_hash": cfg.config_hash(),
+            "shards": plan_shards(list(by_id), cfg.shard_size),
+        }
         storage.write_bytes(storage.join(cfg.dest, PLAN_NAME), json.dumps(plan, indent=1).encode())
-    else:
-        planned = [v for s in plan["shards"] for v in s]
-        if sorted(planned) != sorted(by_id):
-            raise IngestError(
-                f"the videos in {cfg.source} changed since {cfg.dest}/{PLAN_NAME} was written "
-                f"({len(planned)} planned, {len(by_id)} now); use a new --dest"
-            )
-    count = len(plan["shards"])
+        return plan
+    planned = [v for s in plan["shards"] for v in s]
+    if sorted(planned) != sorted(by_id):
+        raise IngestError(
+            f"the videos in {cfg.source} changed since {cfg.dest}/{PLAN_NAME} was written "
+            f"({len(planned)} planned, {len(by_id)} now); use a new --dest"
+        )
+    return plan
 
+
+def _committed_shards(
+    cfg: IngestConfig, plan: dict, by_id: dict[str, VideoRecord], printer: Callable[[str], None]
+) -> tuple[dict[int, ShardResult], list[dict]]:
+    """Resume: the results of the shards of the plan already committed at ``cfg.dest`` (read back from their footers,
+    after removing an interrupted run's partial files), and the rows of the shard tasks still to run.
+
+    Raises:
+        IngestError: a committed shard does not match the plan.
+    """
+    count = len(plan["shards"])
+    chash = cfg.config_hash()
     results: dict[int, ShardResult] = {}
     stale = storage.remove_stale_temporaries(cfg.dest)
     if stale:
@@ -326,38 +387,66 @@ def run_ingest(
             todo.append({"index": i, "count": count, "records": pickle.dumps([by_id[v] for v in ids])})
     if results:
         printer(f"[ingest] resuming: {len(results)}/{count} shards already committed, {len(todo)} to write")
+    return results, todo
+
+
+def _build_shards(
+    cfg: IngestConfig,
+    todo: list[dict],
+    results: dict[int, ShardResult],
+    count: int,
+    parallelism: int | None,
+    num_cpus: float,
+    printer: Callable[[str], None],
+) -> None:
+    """Build and commit the shards of ``todo`` on Ray Data (one :func:`_shard_task` per shard), adding their results
+    to ``results`` as they come, with a progress line each."""
+    import ray
 
     rows_done = sum(r.rows for r in results.values())
     bad_done = sum(len(r.quarantine) for r in results.values())
-    if todo:
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        size = max(1, min(len(todo), parallelism or int(cpus // num_cpus) or 1))
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            _shard_task,
-            fn_kwargs={"cfg": asdict(cfg)},
-            batch_size=1,
-            compute=ray.data.TaskPoolStrategy(size=size),
-            num_cpus=num_cpus,
-        )
-        t_run = time.perf_counter()
-        for row in ds.iter_rows():
-            r = ShardResult(**json.loads(row["result"]))
-            results[r.index] = r
-            rows_done += r.rows
-            bad_done += len(r.quarantine)
-            _progress(len(results), count, rows_done, bad_done, t_run, printer)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    size = max(1, min(len(todo), parallelism or int(cpus // num_cpus) or 1))
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        _shard_task,
+        fn_kwargs={"cfg": asdict(cfg)},
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=size),
+        num_cpus=num_cpus,
+    )
+    t_run = time.perf_counter()
+    for row in ds.iter_rows():
+        r = ShardResult(**json.loads(row["result"]))
+        results[r.index] = r
+        rows_done += r.rows
+        bad_done += len(r.quarantine)
+        _progress(len(results), count, rows_done, bad_done, t_run, printer)
 
+
+def _ordered_results(results: dict[int, ShardResult], count: int) -> list[ShardResult]:
+    """The results of shards ``0 .. count - 1`` in order.
+
+    Raises:
+        IngestError: a shard was not produced.
+    """
     missing = [i for i in range(count) if i not in results]
     if missing:
         raise IngestError(f"shards {missing} were not produced; rerun the same command to resume")
-    ordered = [results[i] for i in range(count)]
+    return [results[i] for i in range(count)]
+
+
+def _write_quarantine(cfg: IngestConfig, ordered: Sequence[ShardResult], n_videos: int) -> list[dict]:
+    """Write ``quarantine.jsonl`` (every shard's bad videos) and return its entries.
+
+    Raises:
+        IngestError: the fraction of bad videos is above ``cfg.max_bad_fraction`` (after the report is written).
+    """
     quarantine = [q for r in ordered for q in r.quarantine]
     storage.write_bytes(
         storage.join(cfg.dest, QUARANTINE_NAME),
         "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode(),
     )
-    n_videos = len(by_id)
     frac = len(quarantine) / n_videos
     if frac > cfg.max_bad_fraction:
         raise IngestError(
@@ -365,10 +454,15 @@ def run_ingest(
             f"{cfg.max_bad_fraction:.1%}; see {storage.join(cfg.dest, QUARANTINE_NAME)}. Fix or remove them, or raise "
             "the threshold, then rerun (committed shards are kept)"
         )
+    return quarantine
+
+
+def _write_manifest(cfg: IngestConfig, ordered: Sequence[ShardResult], n_videos: int, n_bad: int) -> dict:
+    """Write ``manifest.json``, the last file of an ingest (its presence marks the ingest complete), and return it."""
     manifest = {
         "version": shards.SHARD_FORMAT_VERSION,
         "config": cfg.content_key(),
-        "config_hash": chash,
+        "config_hash": cfg.config_hash(),
         "schema": shards.SHARD_SCHEMA.to_string(show_schema_metadata=False),
         "shards": [
             {"name": r.name, "rows": r.rows, "samples": r.samples, "sha256": r.sha256, "video_ids": r.video_ids}
@@ -377,17 +471,11 @@ def run_ingest(
         "num_videos": n_videos,
         "num_rows": sum(r.rows for r in ordered),
         "num_samples": sum(r.samples for r in ordered),
-        "num_bad": len(quarantine),
+        "num_bad": n_bad,
         "quarantine": QUARANTINE_NAME,
     }
-    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    written = sum(1 for r in ordered if not r.skipped)
-    dt = time.perf_counter() - t0
-    printer(
-        f"[ingest] done: {count} shards ({written} written, {count - written} kept), {manifest['num_rows']} videos, "
-        f"{manifest['num_samples']} samples, {len(quarantine)} quarantined, {dt:.1f}s -> {manifest_uri}"
-    )
-    return IngestSummary(manifest, written, count - written, len(quarantine), dt)
+    storage.write_bytes(storage.join(cfg.dest, MANIFEST_NAME), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
 
 
 def load_manifest(dest: str) -> dict:
