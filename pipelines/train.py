@@ -128,39 +128,20 @@ def fit(
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
         ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times (the cause is attached).
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from pipelines import ingest, storage, stream, tracking
+    from pipelines import ingest, storage, tracking
 
     started = time.perf_counter()
     manifest = ingest.load_manifest(job.shards)
     job = prepare_tracking(job)
-    cfg = job.train
-    clip = stream.ClipConfig(
-        num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
-    )
-    dataset = stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
+    dataset = _train_dataset(job)
     spe = steps_per_epoch(int(manifest["num_samples"]), job)
-    if job.max_epochs is not None:
-        job = dataclasses.replace(job, train=dataclasses.replace(cfg, max_steps=job.max_epochs * spe))
-        cfg = job.train
-        log(f"[train] {job.name}: {job.max_epochs} epochs = {cfg.max_steps} steps")
+    job = _with_max_epochs(job, spe, log)
     run_path = storage.join(job.storage_path, job.name)
     log(
         f"[train] {job.name}: {job.num_workers} worker(s), {manifest['num_videos']} videos / "
         f"{manifest['num_samples']} samples in {job.shards}, {spe} steps/epoch, checkpoints -> {run_path}"
     )
-    if job.val_shards:
-        ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
-    if cfg.init_from and not storage.is_file(storage.join(cfg.init_from, "model.safetensors")):
-        raise FileNotFoundError(
-            f"train.init_from: no model.safetensors in {cfg.init_from}; expected a checkpoint folder of this project "
-            "(a step_NNNNNNN folder of a training run, or the output of `sgmg convert`)"
-        )
-    if cfg.init_from and not storage.is_s3(cfg.init_from):  # the workers' working directory is not the driver's
-        job = dataclasses.replace(job, train=dataclasses.replace(cfg, init_from=storage.resolve(cfg.init_from).path))
-        cfg = job.train
+    job = _checked_inputs(job)
     run_id = None
     if job.tracking.enabled:
         run_id = tracking.open_run(
@@ -171,10 +152,74 @@ def fit(
             params=run_params
             if run_params is not None
             else {"job": dataclasses.asdict(job), "world_size": job.num_workers},
-            tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards, **(run_tags or {})},
+            tags={"sgmg.model": job.train.model, "sgmg.shards": job.shards, **(run_tags or {})},
             parent_run_id=parent_run_id,
         )
-    trainer = TorchTrainer(
+    trainer = _torch_trainer(job, spe, run_id, dataset, callbacks)
+    result = _fit_tracked(trainer, job, run_id, end_run_on_error)
+    remove_unregistered_checkpoints(run_path, [c.path for c, _ in result.best_checkpoints or []], log=log)
+    if run_id is not None:
+        tracking.end_run(job.tracking.tracking_uri, run_id, "FINISHED")
+    return TrainRunResult(
+        metrics=dict(result.metrics or {}),
+        checkpoint=_checkpoint_uri(job, result.checkpoint),
+        run_path=run_path,
+        mlflow_run_id=run_id,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _train_dataset(job: RayTrainJob) -> Any:
+    """The job's clip stream (a Ray Dataset over ``job.shards``): clips drawn with fresh randomness on every pass
+    (``seed=None``), the files shuffled per pass."""
+    from pipelines import stream
+
+    cfg = job.train
+    clip = stream.ClipConfig(
+        num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
+    )
+    return stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
+
+
+def _with_max_epochs(job: RayTrainJob, spe: int, log: Callable[[str], None]) -> RayTrainJob:
+    """``job`` with ``train.max_steps`` set from ``max_epochs`` (``spe`` steps per epoch) when that is given."""
+    if job.max_epochs is None:
+        return job
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, max_steps=job.max_epochs * spe))
+    log(f"[train] {job.name}: {job.max_epochs} epochs = {job.train.max_steps} steps")
+    return job
+
+
+def _checked_inputs(job: RayTrainJob) -> RayTrainJob:
+    """Check on the driver what the workers would otherwise fail on later: the validation ingest is finished and
+    ``train.init_from`` holds a model. Returns ``job`` with a local ``init_from`` made absolute (the workers' working
+    directory is not the driver's).
+
+    Raises:
+        pipelines.ingest.IngestError: ``job.val_shards`` is not a finished ingest.
+        FileNotFoundError: no ``model.safetensors`` in ``train.init_from``.
+    """
+    from pipelines import ingest, storage
+
+    cfg = job.train
+    if job.val_shards:
+        ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
+    if cfg.init_from and not storage.is_file(storage.join(cfg.init_from, "model.safetensors")):
+        raise FileNotFoundError(
+            f"train.init_from: no model.safetensors in {cfg.init_from}; expected a checkpoint folder of this project "
+            "(a step_NNNNNNN folder of a training run, or the output of `sgmg convert`)"
+        )
+    if cfg.init_from and not storage.is_s3(cfg.init_from):
+        job = dataclasses.replace(job, train=dataclasses.replace(cfg, init_from=storage.resolve(cfg.init_from).path))
+    return job
+
+
+def _torch_trainer(job: RayTrainJob, spe: int, run_id: str | None, dataset: Any, callbacks: Sequence[Any]) -> Any:
+    """The ``TorchTrainer`` of the job: ``num_workers`` workers running :func:`train_loop_per_worker` on ``dataset``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": dataclasses.asdict(job), "steps_per_epoch": spe, "mlflow_run_id": run_id},
         scaling_config=ray.train.ScalingConfig(
@@ -185,8 +230,15 @@ def fit(
         run_config=_run_config(job, callbacks),
         datasets={"train": dataset},
     )
+
+
+def _fit_tracked(trainer: Any, job: RayTrainJob, run_id: str | None, end_run_on_error: bool) -> Any:
+    """``trainer.fit()``; when it raises (and ``end_run_on_error``), the MLflow run ``run_id`` is ended ``KILLED``
+    (Ctrl-C, SIGTERM: a rerun resumes it) or ``FAILED`` with the error before the exception goes on."""
+    from pipelines import tracking
+
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: a rerun resumes it
         if run_id is not None and end_run_on_error:
             tracking.end_run(job.tracking.tracking_uri, run_id, "KILLED")
@@ -195,20 +247,16 @@ def fit(
         if run_id is not None and end_run_on_error:
             tracking.end_run(job.tracking.tracking_uri, run_id, "FAILED", tags={tracking.ERROR_TAG: str(exc)[:5000]})
         raise
-    remove_unregistered_checkpoints(run_path, [c.path for c, _ in result.best_checkpoints or []], log=log)
-    if run_id is not None:
-        tracking.end_run(job.tracking.tracking_uri, run_id, "FINISHED")
-    checkpoint = result.checkpoint
+
+
+def _checkpoint_uri(job: RayTrainJob, checkpoint: Any) -> str | None:
+    """The path of a Ray Train checkpoint, as an ``s3://`` URI when the job stores on S3 (Ray gives bucket/key)."""
+    from pipelines import storage
+
     path = checkpoint.path if checkpoint is not None else None
     if path is not None and storage.resolve(job.storage_path).is_s3 and not path.startswith("s3://"):
         path = "s3://" + path
-    return TrainRunResult(
-        metrics=dict(result.metrics or {}),
-        checkpoint=path,
-        run_path=run_path,
-        mlflow_run_id=run_id,
-        seconds=time.perf_counter() - started,
-    )
+    return path
 
 
 def remove_unregistered_checkpoints(
