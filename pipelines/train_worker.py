@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,102 +21,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (see the module docstring); ``config = {"job": asdict(job), ...}``.
 
     The loop is :class:`sgmg.train.trainer.Trainer`'s; this function feeds it the worker's dataset shard and supplies
-    the hooks: MLflow logging (rank 0), validation (rank 0) and ``ray.train.report`` with a checkpoint (every rank).
+    the hooks (:func:`_log_step`, :func:`_validate`, :func:`_report`): MLflow logging (rank 0), validation (every rank
+    scores its share) and ``ray.train.report`` with a checkpoint (every rank; rank 0 attaches the checkpoint).
+
+    The hooks are module-level functions bound to a :class:`_Worker`: Ray pickles this function by reference, so what
+    it calls must be importable from this module.
     """
     import ray.train
     import ray.train.torch
-    import torch
 
-    from pipelines import tracking
     from sgmg.data.tokenizer import load_tokenizer
-    from sgmg.train.trainer import StepInfo, Trainer, TrainerHooks, build_training_model
+    from sgmg.train.trainer import TrainerHooks
 
     job = job_from_dict(config["job"])
     cfg = job.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
-    # when resuming, the weights come from the checkpoint: do not load init_from
-    with fetched_checkpoint(None if checkpoint else cfg.init_from) as init_from:
-        model = build_training_model(dataclasses.replace(cfg, init_from=init_from)).to(device)
-    trainer = Trainer(cfg, model, device=device, steps_per_epoch=int(config["steps_per_epoch"]), world_size=world)
-    if checkpoint is not None:
-        # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
-        # optimizer.pt while another was still writing it (seen here as a corrupt-zip error on resume)
-        with tempfile.TemporaryDirectory(prefix=f"sgmg-resume-rank{rank}-") as folder:
-            checkpoint.to_directory(folder)
-            trainer.resume(Path(folder))
-    tracker = tracking.RunTracker(
-        job.tracking.tracking_uri if rank == 0 and job.tracking.enabled else None,
-        job.tracking.experiment,
-        job.name,
-        run_id=config.get("mlflow_run_id"),  # opened by the driver: the same run on every attempt
-        params={"job": config["job"], "world_size": world},
-        tags={"sgmg.model": cfg.model, "sgmg.shards": job.shards},
-    )
+    spe = int(config["steps_per_epoch"])
+    model, trainer = _build_trainer(job, device, spe, rank, world, checkpoint)
+    tracker = _rank_tracker(job, config, rank, world)
     if checkpoint is not None:  # the restarts show in the run: the step each attempt continued from
         tracker.log_metrics({"resumed_from_step": trainer.step}, trainer.step)
     if world > 1:
         trainer.train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     tokenizer = load_tokenizer(cfg.data.tokenizer or model.config.text.tokenizer_source)
-
-    def row_of(info: StepInfo) -> dict[str, float]:
-        metrics = info.metrics
-        row = {"step": info.step, "epoch": info.epoch, "loss": metrics.loss, "lr": metrics.lr}
-        row |= {f"loss/{k}": v for k, v in metrics.terms.items()}
-        if metrics.grad_norm is not None:
-            row["grad_norm"] = metrics.grad_norm
-        if info.window is not None:
-            row["clips_per_s"] = info.window.clips * world / info.window.seconds  # all workers: equal batches each
-            row["nonfinite_total"] = trainer.guard.total
-        return row
-
-    def log(info: StepInfo) -> None:
-        row = row_of(info)
-        tracker.log_metrics(row, info.step)
-        if rank == 0:
-            print(
-                f"[train] step {info.step}/{cfg.max_steps} epoch {info.epoch} loss {info.metrics.loss:.4f} "
-                f"lr {info.metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
-                flush=True,
-            )
-
-    def all_reduce(sums: Any) -> Any:
-        import torch.distributed as dist
-
-        sums = sums.to(device)
-        if world > 1:
-            dist.all_reduce(sums)  # a sum over the ranks' shares
-        return sums.cpu()
-
-    def validate(info: StepInfo) -> dict[str, float]:
-        """Every rank scores its share of the held-out ingest; the sums are all-reduced."""
-        if not job.val_shards:
-            return {}
-        val = validation_metrics(job, model, tokenizer, device, rank=rank, world=world, all_reduce=all_reduce)
-        tracker.log_metrics(val, info.step)
-        if rank == 0:
-            print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
-        return val
-
-    def report(info: StepInfo, val: dict[str, float]) -> None:
-        """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
-        metrics = row_of(info) | val
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="sgmg-ckpt-") as tmp:
-            path = trainer.save(tmp, keep=1, extra_state={"mlflow_run_id": tracker.run_id, "world_size": world})
-            if info.final:
-                tracker.log_artifacts(path, "checkpoint")
-            # named by step: a checkpoint stored by an attempt that died before the barrier is overwritten when the
-            # next attempt reaches its step (Ray's default name, checkpoint_<time>, would leave it behind for ever)
-            ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)), checkpoint_dir_name=path.name
-            )
-
+    worker = _Worker(job, rank, world, device, model, tokenizer, trainer, tracker)
     if rank == 0:
         print(
             f"[train] {cfg.model} on {world} x {device} ({trainer.amp_dtype or 'fp32'}), "
@@ -129,9 +61,145 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank,
         start_epoch=trainer.epoch,
         done_batches=trainer.epoch_batches,
-        epoch_batches=int(config["steps_per_epoch"]) * cfg.accum_steps,
+        epoch_batches=spe * cfg.accum_steps,
     )
-    trainer.fit(batches, TrainerHooks(log=log, validate=validate, checkpoint=report))
+    hooks = TrainerHooks(
+        log=functools.partial(_log_step, worker),
+        validate=functools.partial(_validate, worker),
+        checkpoint=functools.partial(_report, worker),
+    )
+    trainer.fit(batches, hooks)
+
+
+def _build_trainer(
+    job: RayTrainJob, device: Any, steps_per_epoch: int, rank: int, world: int, checkpoint: Any
+) -> tuple[Any, Any]:
+    """This rank's model and :class:`sgmg.train.trainer.Trainer`: the same initial weights on every rank (seeded;
+    ``train.init_from`` when starting), or the state of ``checkpoint`` when Ray Train restarts the worker group.
+
+    Returns:
+        ``(model, trainer)``.
+    """
+    import torch
+
+    from sgmg.train.trainer import Trainer, build_training_model
+
+    cfg = job.train
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+    # when resuming, the weights come from the checkpoint: do not load init_from
+    with fetched_checkpoint(None if checkpoint else cfg.init_from) as init_from:
+        model = build_training_model(dataclasses.replace(cfg, init_from=init_from)).to(device)
+    trainer = Trainer(cfg, model, device=device, steps_per_epoch=steps_per_epoch, world_size=world)
+    if checkpoint is not None:
+        # a folder per rank: with as_directory() the ranks of a node share one download folder, and a rank could read
+        # optimizer.pt while another was still writing it (seen here as a corrupt-zip error on resume)
+        with tempfile.TemporaryDirectory(prefix=f"sgmg-resume-rank{rank}-") as folder:
+            checkpoint.to_directory(folder)
+            trainer.resume(Path(folder))
+    return model, trainer
+
+
+def _rank_tracker(job: RayTrainJob, config: dict[str, Any], rank: int, world: int) -> Any:
+    """The MLflow tracker of this rank: the run the driver opened (the same on every attempt) on rank 0 when tracking
+    is on; one that logs nothing otherwise."""
+    from pipelines import tracking
+
+    return tracking.RunTracker(
+        job.tracking.tracking_uri if rank == 0 and job.tracking.enabled else None,
+        job.tracking.experiment,
+        job.name,
+        run_id=config.get("mlflow_run_id"),  # opened by the driver: the same run on every attempt
+        params={"job": config["job"], "world_size": world},
+        tags={"sgmg.model": job.train.model, "sgmg.shards": job.shards},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Worker:
+    """What the hooks of one rank work with."""
+
+    job: RayTrainJob
+    rank: int
+    world: int
+    device: Any
+    model: Any
+    tokenizer: Any
+    trainer: Any  # sgmg.train.trainer.Trainer
+    tracker: Any  # pipelines.tracking.RunTracker
+
+
+def _metrics_row(w: _Worker, info: Any) -> dict[str, float]:
+    """The metrics of a step (``info``: a :class:`sgmg.train.trainer.StepInfo`), as logged and reported."""
+    metrics = info.metrics
+    row = {"step": info.step, "epoch": info.epoch, "loss": metrics.loss, "lr": metrics.lr}
+    row |= {f"loss/{k}": v for k, v in metrics.terms.items()}
+    if metrics.grad_norm is not None:
+        row["grad_norm"] = metrics.grad_norm
+    if info.window is not None:
+        row["clips_per_s"] = info.window.clips * w.world / info.window.seconds  # all workers: equal batches each
+        row["nonfinite_total"] = w.trainer.guard.total
+    return row
+
+
+def _log_step(w: _Worker, info: Any) -> None:
+    """The ``log`` hook: the step's metrics to MLflow (rank 0's tracker) and a progress line on rank 0."""
+    row = _metrics_row(w, info)
+    w.tracker.log_metrics(row, info.step)
+    if w.rank == 0:
+        print(
+            f"[train] step {info.step}/{w.job.train.max_steps} epoch {info.epoch} loss {info.metrics.loss:.4f} "
+            f"lr {info.metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
+            flush=True,
+        )
+
+
+def _all_reduce(w: _Worker, sums: Any) -> Any:
+    """The sum over the ranks of every rank's ``sums`` (a tensor; every rank must call this)."""
+    import torch.distributed as dist
+
+    sums = sums.to(w.device)
+    if w.world > 1:
+        dist.all_reduce(sums)  # a sum over the ranks' shares
+    return sums.cpu()
+
+
+def _validate(w: _Worker, info: Any) -> dict[str, float]:
+    """The ``validate`` hook: every rank scores its share of the held-out ingest; the sums are all-reduced."""
+    job = w.job
+    if not job.val_shards:
+        return {}
+    val = validation_metrics(
+        job,
+        w.model,
+        w.tokenizer,
+        w.device,
+        rank=w.rank,
+        world=w.world,
+        all_reduce=functools.partial(_all_reduce, w),
+    )
+    w.tracker.log_metrics(val, info.step)
+    if w.rank == 0:
+        print(f"[train] step {info.step} validation J&F {val['val_jf']:.4f}", flush=True)
+    return val
+
+
+def _report(w: _Worker, info: Any, val: dict[str, float]) -> None:
+    """The ``checkpoint`` hook: every rank reports (a barrier); rank 0 attaches the checkpoint."""
+    import ray.train
+
+    metrics = _metrics_row(w, info) | val
+    if w.rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="sgmg-ckpt-") as tmp:
+        path = w.trainer.save(tmp, keep=1, extra_state={"mlflow_run_id": w.tracker.run_id, "world_size": w.world})
+        if info.final:
+            w.tracker.log_artifacts(path, "checkpoint")
+        # named by step: a checkpoint stored by an attempt that died before the barrier is overwritten when the
+        # next attempt reaches its step (Ray's default name, checkpoint_<time>, would leave it behind for ever)
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)), checkpoint_dir_name=path.name
+        )
 
 
 @contextlib.contextmanager
