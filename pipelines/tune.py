@@ -29,7 +29,7 @@ from typing import Any
 
 from pipelines.sweep_config import SweepConfig, load_sweep, param_space, trial_job
 from pipelines.train import register_run
-from pipelines.train_job import prepare_tracking
+from pipelines.train_job import RayTrainJob, prepare_tracking
 
 BASE_KEY, PARENT_KEY = "__base__", "__parent_run__"  # constant entries of the param space
 
@@ -102,10 +102,6 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     Raises:
         RuntimeError: no trial reported the metric.
     """
-    import ray.tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     from pipelines import ingest, storage, tracking
 
     started = time.perf_counter()
@@ -114,61 +110,9 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
     loc = storage.resolve(cfg.job.storage_path)
     sweep_path = storage.join(cfg.job.storage_path, cfg.name)
-    parent, changed = None, []
-    if job.tracking.enabled:
-        params = {"sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "job"}, "job": base}
-        parent = tracking.open_run(
-            job.tracking.tracking_uri,
-            job.tracking.experiment,
-            cfg.name,
-            key=f"sweep:{sweep_path}",
-            params=params,
-            tags={"sgmg.kind": "sweep"},
-        )
-        changed = tracking.changed_params(job.tracking.tracking_uri, parent, params)
+    parent, changed = _open_sweep_run(cfg, job, base, sweep_path)
     max_t = max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every))
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=max_t,
-            grace_period=cfg.grace_period,
-            reduction_factor=cfg.reduction_factor,
-        )
-        if cfg.scheduler == "asha"
-        else FIFOScheduler()
-    )
-    trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only drives its TorchTrainer (0 is refused)
-    exp_loc = storage.resolve(sweep_path)  # Tune's experiment folder: storage_path/name
-    experiment, fs = exp_loc.path, (loc.fs if loc.is_s3 else None)
-    if ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs):
-        log(f"[sweep] {cfg.name}: resuming the interrupted sweep in {sweep_path} (finished trials are kept)")
-        if changed:
-            log(
-                f"[sweep] note: {changed} differ from the settings the sweep started with; Tune continues the sweep "
-                "as it was started (give a new name to run a sweep with the new settings)"
-            )
-        tuner = ray.tune.Tuner.restore(
-            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
-        )
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space={BASE_KEY: base, PARENT_KEY: parent, **param_space(cfg.space)},
-            tune_config=ray.tune.TuneConfig(
-                metric=cfg.metric,
-                mode=cfg.mode,
-                num_samples=cfg.num_samples,
-                max_concurrent_trials=cfg.max_concurrent_trials,
-                scheduler=scheduler,
-                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
-            ),
-            run_config=ray.tune.RunConfig(
-                name=cfg.name,
-                storage_path=loc.path if loc.is_s3 else loc.uri,
-                storage_filesystem=fs,
-            ),
-        )
-        log(f"[sweep] {cfg.name}: {cfg.num_samples} trial(s) of {sorted(cfg.space)}, {cfg.scheduler}, on {cfg.metric}")
+    tuner = _tuner(cfg, base, parent, changed, max_t, loc, sweep_path, log)
     try:
         grid = tuner.fit()
     except (KeyboardInterrupt, SystemExit):
@@ -180,44 +124,189 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
         close_trial_runs(job.tracking.tracking_uri, parent, rows)
         run_ids = _trial_run_ids(job.tracking.tracking_uri, parent)
         rows = [dataclasses.replace(r, run_id=run_ids.get(r.trial_id)) for r in rows]
-    trials = [(r.params, r.metrics) for r in rows]
-    try:
-        best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
-    except RuntimeError as exc:
-        errors = [str(r.error) for r in grid if r.error is not None]
-        if parent is not None:
-            tracking.end_run(job.tracking.tracking_uri, parent, "FAILED")
-        raise RuntimeError(f"no trial of {cfg.name} reported {cfg.metric!r}: {errors[:3]}") from exc
+    best = _best_result(grid, cfg, job.tracking.tracking_uri, parent)
     metrics = dict(best.metrics or {})
     best_params = {k: best.config[k] for k in cfg.space}
     checkpoint = metrics.get("checkpoint_path")
     if checkpoint and loc.is_s3 and not str(checkpoint).startswith("s3://"):
         checkpoint = "s3://" + str(checkpoint)
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
-    registration = None
-    done_before = tracking.run_tags(job.tracking.tracking_uri, parent).get(REGISTERED_TAG) if parent else None
-    if done_before:
-        log(f"[sweep] {cfg.name} was finished and registered before (version {done_before}); not registered again")
-    elif cfg.register_as and checkpoint and job.tracking.enabled:
-        best_job = trial_job(base, best_params, cfg.name)
-        registration = register_run(
-            best_job, str(checkpoint), cfg.register_as, metrics=metrics, source=f"sweep:{cfg.name}", log=log
-        )
+    registration, done_before = _register_best(cfg, job, base, parent, best_params, checkpoint, metrics, log)
     if parent is not None:
-        _log_sweep_results(cfg, rows, job.tracking.tracking_uri, parent, metrics, best.metrics.get("trial_id"))
-        if registration is not None:
-            tracking.log_to_run(job.tracking.tracking_uri, parent, tags={REGISTERED_TAG: registration.version})
-        tracking.end_run(job.tracking.tracking_uri, parent, "FINISHED")
+        _close_sweep_run(
+            cfg, rows, job.tracking.tracking_uri, parent, metrics, best.metrics.get("trial_id"), registration
+        )
     return SweepResult(
         best_params,
         metrics,
         checkpoint,
-        trials,
+        [(r.params, r.metrics) for r in rows],
         registration.version if registration else (done_before or None),
         time.perf_counter() - started,
         registration,
         parent,
     )
+
+
+def _open_sweep_run(
+    cfg: SweepConfig, job: RayTrainJob, base: dict[str, Any], sweep_path: str
+) -> tuple[str | None, list[str]]:
+    """Open the sweep's parent MLflow run, or find it again on a rerun (keyed by ``sweep:<sweep_path>``).
+
+    Returns:
+        ``(run id, params that differ from those the run was opened with)``; ``(None, [])`` without tracking.
+    """
+    from pipelines import tracking
+
+    if not job.tracking.enabled:
+        return None, []
+    params = {"sweep": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "job"}, "job": base}
+    parent = tracking.open_run(
+        job.tracking.tracking_uri,
+        job.tracking.experiment,
+        cfg.name,
+        key=f"sweep:{sweep_path}",
+        params=params,
+        tags={"sgmg.kind": "sweep"},
+    )
+    return parent, tracking.changed_params(job.tracking.tracking_uri, parent, params)
+
+
+def _scheduler(cfg: SweepConfig, max_t: int) -> Any:
+    """The trial scheduler: ASHA over ``max_t`` reports (one per checkpoint), or FIFO (every trial runs to the end)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max_t,
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+    )
+
+
+def _tuner(
+    cfg: SweepConfig,
+    base: dict[str, Any],
+    parent: str | None,
+    changed: Sequence[str],
+    max_t: int,
+    loc: Any,
+    sweep_path: str,
+    log: Callable[[str], None],
+) -> Any:
+    """The sweep's ``Tuner``: restored from its experiment folder (``storage_path/name``) when an interrupted run of
+    the sweep left one there, new otherwise.
+
+    A restored sweep continues as it was started: ``changed`` settings (see :func:`_open_sweep_run`) are only noted.
+    """
+    import ray.tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from pipelines import storage
+
+    scheduler = _scheduler(cfg, max_t)
+    trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only drives its TorchTrainer (0 is refused)
+    exp_loc = storage.resolve(sweep_path)  # Tune's experiment folder: storage_path/name
+    experiment, fs = exp_loc.path, (loc.fs if loc.is_s3 else None)
+    if ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log(f"[sweep] {cfg.name}: resuming the interrupted sweep in {sweep_path} (finished trials are kept)")
+        if changed:
+            log(
+                f"[sweep] note: {changed} differ from the settings the sweep started with; Tune continues the sweep "
+                "as it was started (give a new name to run a sweep with the new settings)"
+            )
+        return ray.tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space={BASE_KEY: base, PARENT_KEY: parent, **param_space(cfg.space)},
+        tune_config=ray.tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent_trials,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent_trials),
+        ),
+        run_config=ray.tune.RunConfig(
+            name=cfg.name,
+            storage_path=loc.path if loc.is_s3 else loc.uri,
+            storage_filesystem=fs,
+        ),
+    )
+    log(f"[sweep] {cfg.name}: {cfg.num_samples} trial(s) of {sorted(cfg.space)}, {cfg.scheduler}, on {cfg.metric}")
+    return tuner
+
+
+def _best_result(grid: Any, cfg: SweepConfig, tracking_uri: str, parent: str | None) -> Any:
+    """The best trial's ``Result`` (on ``cfg.metric``, its last report).
+
+    Raises:
+        RuntimeError: no trial reported the metric (the parent run is ended ``FAILED`` first).
+    """
+    from pipelines import tracking
+
+    try:
+        return grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
+    except RuntimeError as exc:
+        errors = [str(r.error) for r in grid if r.error is not None]
+        if parent is not None:
+            tracking.end_run(tracking_uri, parent, "FAILED")
+        raise RuntimeError(f"no trial of {cfg.name} reported {cfg.metric!r}: {errors[:3]}") from exc
+
+
+def _register_best(
+    cfg: SweepConfig,
+    job: RayTrainJob,
+    base: dict[str, Any],
+    parent: str | None,
+    best_params: dict[str, Any],
+    checkpoint: str | None,
+    metrics: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[Any, str | None]:
+    """Register the best trial's checkpoint as a version of ``cfg.register_as`` (:func:`pipelines.train.register_run`),
+    unless the sweep was registered before (its parent run carries the version: a rerun of a finished sweep) or
+    there is nothing to register (no ``register_as``, no checkpoint or no tracking).
+
+    Returns:
+        ``(the new registration or None, the version registered before or None)``.
+    """
+    from pipelines import tracking
+
+    done_before = tracking.run_tags(job.tracking.tracking_uri, parent).get(REGISTERED_TAG) if parent else None
+    if done_before:
+        log(f"[sweep] {cfg.name} was finished and registered before (version {done_before}); not registered again")
+        return None, done_before
+    if cfg.register_as and checkpoint and job.tracking.enabled:
+        best_job = trial_job(base, best_params, cfg.name)
+        registration = register_run(
+            best_job, str(checkpoint), cfg.register_as, metrics=metrics, source=f"sweep:{cfg.name}", log=log
+        )
+        return registration, done_before
+    return None, done_before
+
+
+def _close_sweep_run(
+    cfg: SweepConfig,
+    rows: Sequence[Any],
+    tracking_uri: str,
+    parent: str,
+    best: dict[str, Any],
+    best_trial: Any,
+    registration: Any,
+) -> None:
+    """End the sweep's parent run ``FINISHED`` with the results (:func:`_log_sweep_results`) and the registered
+    version (the tag that keeps a rerun from registering again)."""
+    from pipelines import tracking
+
+    _log_sweep_results(cfg, rows, tracking_uri, parent, best, best_trial)
+    if registration is not None:
+        tracking.log_to_run(tracking_uri, parent, tags={REGISTERED_TAG: registration.version})
+    tracking.end_run(tracking_uri, parent, "FINISHED")
 
 
 REGISTERED_TAG = "sgmg.registered_version"
