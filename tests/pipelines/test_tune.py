@@ -15,6 +15,25 @@ from pipelines import registry, storage, sweep_config, tracking, tune
 SPACE = '{"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}'
 
 
+def tiny_job(shards: str, storage_path: object, tracking_uri: str, *, max_steps: int) -> list[str]:
+    """``job.*`` overrides of a sweep whose trials are tiny Ray Train jobs that fit the session's 4-CPU cluster: one
+    worker of ``sgmg_tiny`` on 2-frame clips of ``shards``, a checkpoint (a report to Tune) every step."""
+    return [
+        f"job.shards={shards}",
+        f"job.storage_path={storage_path}",
+        "job.num_workers=1",
+        "job.cpus_per_worker=0.5",
+        "job.data_cpus=0.5",
+        "job.shuffle_buffer=0",
+        f"job.tracking.tracking_uri={tracking_uri}",
+        "job.train.model=sgmg_tiny",
+        "job.train.data.num_frames=2",
+        "job.train.data.max_size=96",
+        f"job.train.max_steps={max_steps}",
+        "job.train.checkpoint_every=1",
+    ]
+
+
 def test_sweep_config_validation() -> None:
     cfg = sweep_config.load_sweep(None, ["job.shards=/x", "job.val_shards=/y", f"space={SPACE}", "num_samples=1"])
     assert cfg.metric == "val_jf" and cfg.job.val_shards == "/y"
@@ -55,19 +74,8 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
             "num_samples=1",
             "grace_period=1",
             "name=sweep",
-            f"job.shards={small_ingest}",
+            *tiny_job(small_ingest, tmp_path / "runs", uri, max_steps=2),
             f"job.val_shards={small_ingest}",
-            f"job.storage_path={tmp_path / 'runs'}",
-            "job.num_workers=1",
-            "job.cpus_per_worker=0.5",
-            "job.data_cpus=0.5",
-            "job.shuffle_buffer=0",
-            f"job.tracking.tracking_uri={uri}",
-            "job.train.model=sgmg_tiny",
-            "job.train.data.num_frames=2",
-            "job.train.data.max_size=96",
-            "job.train.max_steps=2",
-            "job.train.checkpoint_every=1",
         ],
     )
     result = tune.sweep(cfg, log=lambda m: None)
@@ -167,18 +175,7 @@ def test_killed_sweep_is_resumed_by_a_rerun(ray_cluster, small_ingest, tmp_path)
         "mode=min",
         "register_as=null",
         "name=killed",
-        f"job.shards={small_ingest}",
-        f"job.storage_path={tmp_path / 'runs'}",
-        "job.num_workers=1",
-        "job.cpus_per_worker=0.5",
-        "job.data_cpus=0.5",
-        "job.shuffle_buffer=0",
-        f"job.tracking.tracking_uri={uri}",
-        "job.train.model=sgmg_tiny",
-        "job.train.data.num_frames=2",
-        "job.train.data.max_size=96",
-        "job.train.max_steps=3",
-        "job.train.checkpoint_every=1",
+        *tiny_job(small_ingest, tmp_path / "runs", uri, max_steps=3),
         "job.train.log_every=1",
     ]
     env = os.environ | {
