@@ -40,13 +40,18 @@ def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines import train
+    from pipelines import cluster, train
 
     ctx = ray.tune.get_context()
     base = config[BASE_KEY]
     params = {k: v for k, v in config.items() if k not in (BASE_KEY, PARENT_KEY)}
     trial_id = ctx.get_trial_id()
     job = trial_job(base, params, f"{base['name']}-{trial_id}")
+    # the Train runs of earlier trials leave resource requests behind that starve this trial's clip stream (see
+    # release_train_reservations); a concurrent trial's own request, if cancelled too, is sent again within 20 s
+    released = cluster.release_train_reservations()
+    if released:
+        print(f"[sweep] released {len(released)} resource request(s) left by earlier trials' Train runs", flush=True)
     train.fit(
         job,
         log=lambda m: print(m, flush=True),

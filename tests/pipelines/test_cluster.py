@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipelines import cluster
 
 
@@ -14,3 +16,30 @@ def test_a_local_cluster_names_its_own_dashboard_for_the_state_api() -> None:
         "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8299"
     }
     assert cluster._own_state_api({"include_dashboard": False}) == {"include_dashboard": False}  # no state API
+
+
+@pytest.mark.integration
+def test_leftover_train_requests_are_released_and_ray_data_gets_the_cpus_back(ray_cluster) -> None:
+    """Two dead Train runs' requests in Ray Data's AutoscalingCoordinator (what Tune trials leave behind) hold the
+    cluster's CPUs, so a Ray Data execution's leftover share has none; releasing them gives the CPUs back, and
+    the Data requester is left alone."""
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    coordinator = get_or_create_autoscaling_coordinator()
+    cpus = ray.cluster_resources()["CPU"]
+    for run in ("dead1", "dead2"):
+        ray.get(coordinator.request_resources.remote(f"train-{run}", [{"CPU": cpus / 2}], expire_after_s=180))
+    ray.get(coordinator.request_resources.remote("data-x", [], expire_after_s=180, request_remaining=["CPU"]))
+
+    def data_cpus() -> float:
+        reserved = ray.get(coordinator.get_reserved_resources.remote("data-x", recompute=True))
+        return sum(r.get("CPU", 0.0) for r in reserved.values())
+
+    assert data_cpus() == 0.0
+    assert sorted(cluster.release_train_reservations()) == ["train-dead1", "train-dead2"]
+    assert data_cpus() == cpus
+    assert cluster.release_train_reservations() == []
+    ray.get(coordinator.cancel_request.remote("data-x"))
