@@ -33,45 +33,23 @@ import hashlib
 import json
 import logging
 import pickle
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
-from pipelines import shards, storage
+from pipelines import ingested, shards, storage
 from pipelines.ingest_config import IngestConfig, IngestError
-from sgmg.data.schema import VideoData, VideoRecord
+from pipelines.ingest_shard import ShardResult, open_reader, shard_name, shard_task
+from sgmg.data.schema import VideoRecord
 
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "_plan.json"
-MANIFEST_NAME = "manifest.json"
 QUARANTINE_NAME = "quarantine.jsonl"
-
-
-@dataclass
-class ShardResult:
-    """What one shard task reports (also stored in the shard's Parquet footer)."""
-
-    index: int
-    name: str
-    rows: int
-    samples: int
-    sha256: str
-    bytes: int
-    video_ids: list[str]
-    quarantine: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    skipped: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The plan and the rows of the output
-
-
-def shard_name(index: int, count: int) -> str:
-    """File name of shard ``index`` of ``count``."""
-    return f"shard-{index:05d}-of-{count:05d}.parquet"
 
 
 def plan_shards(video_ids: Sequence[str], shard_size: int) -> list[list[str]]:
@@ -80,21 +58,8 @@ def plan_shards(video_ids: Sequence[str], shard_size: int) -> list[list[str]]:
     return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
-def iter_rows(ranges: Iterable[tuple[str, int, int]], columns: Sequence[str] | None = None) -> Iterator[dict]:
-    """The rows (dicts) of ``(shard uri, start, stop)`` ranges (:func:`row_ranges`), one range read at a time."""
-    for uri, start, stop in ranges:
-        yield from shards.read_shard_rows(str(uri), int(start), int(stop), columns).to_pylist()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Dataset access through the sgmg readers
-
-
-def open_reader(fmt: str, source_uri: str, split: str):  # noqa: ANN201 - sgmg.data.datasets.base.DatasetReader
-    """The sgmg dataset reader of ``fmt`` over ``source_uri`` (local or S3, through :class:`StorageFileSource`)."""
-    from sgmg.data.datasets import open_dataset
-
-    return open_dataset(fmt, storage.StorageFileSource(source_uri), split)
 
 
 def check_source(cfg: IngestConfig) -> None:
@@ -134,86 +99,6 @@ def check_source(cfg: IngestConfig) -> None:
             raise IngestError(f"--source {src} is not a Ref-DAVIS17 folder")  # unreachable: open_dataset picks one
     except (DataError, ValueError, OSError) as err:  # StorageError is an OSError; so are unclassified S3 errors
         raise IngestError(f"--source {src} (format {cfg.format}, split {cfg.split}): {err}") from None
-
-
-def _quarantine_entry(reader, record: VideoRecord, err: BaseException, shard: int) -> dict:  # noqa: ANN001
-    src = dict(record.source)
-    loc = src.get("video") or src.get("frames") or src.get("image") or next(iter(src.values()), "")
-    try:
-        file = reader.source.describe(loc) if loc else record.video_id
-    except Exception:  # noqa: BLE001 - describe is best effort
-        file = loc
-    # drop memory addresses ("<_io.BytesIO object at 0x7f..>") so reruns write byte-identical shards
-    reason = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
-    return {"video_id": record.video_id, "file": file, "reason": reason, "shard": shard}
-
-
-def build_shard(
-    cfg: IngestConfig,
-    index: int,
-    count: int,
-    records: Sequence[VideoRecord],
-    reader=None,  # noqa: ANN001 - DatasetReader
-    load: Callable[[VideoRecord], VideoData] | None = None,
-) -> tuple[bytes, ShardResult]:
-    """Decode, resize and encode the videos of one shard; bad videos go to the result's quarantine list.
-
-    Returns:
-        The Parquet bytes and the :class:`ShardResult` (sha256 of those bytes included).
-    """
-    t0 = time.perf_counter()
-    if reader is None:
-        reader = open_reader(cfg.format, cfg.source, cfg.split)
-    load = load or (lambda r: reader.load_video(r, max_side=cfg.max_side))
-    rows, bad = [], []
-    for rec in records:
-        try:
-            rows.append(shards.encode_video_row(load(rec), cfg.frame_codec, cfg.jpeg_quality))
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as err:  # noqa: BLE001 - every per-video failure is quarantined, the job goes on
-            bad.append(_quarantine_entry(reader, rec, err, index))
-    name = shard_name(index, count)
-    meta = {
-        "version": shards.SHARD_FORMAT_VERSION,
-        "config_hash": cfg.config_hash(),
-        "index": index,
-        "count": count,
-        "video_ids": [r.video_id for r in records],
-        "quarantine": bad,
-        "rows": len(rows),
-        "samples": sum(len(r["expressions"]) for r in rows),
-    }
-    data = shards.write_shard_bytes(rows, meta)
-    result = ShardResult(
-        index=index,
-        name=name,
-        rows=len(rows),
-        samples=meta["samples"],
-        sha256=hashlib.sha256(data).hexdigest(),
-        bytes=len(data),
-        video_ids=meta["video_ids"],
-        quarantine=bad,
-        seconds=time.perf_counter() - t0,
-    )
-    return data, result
-
-
-def _shard_task(batch: dict, cfg: dict) -> dict:
-    """Ray Data UDF: build and commit the shard of each row (``batch_size=1``: one shard per call).
-
-    A plain function on a task pool rather than an actor: the reader is cheap to open, and pooled worker processes
-    that already imported torch are reused across shards and across jobs.
-    """
-    config = IngestConfig(**cfg)
-    reader = open_reader(config.format, config.source, config.split)
-    out: dict[str, list] = {"result": []}
-    for index, count, blob in zip(batch["index"], batch["count"], batch["records"], strict=True):
-        records = pickle.loads(blob)
-        data, result = build_shard(config, int(index), int(count), records, reader=reader)
-        storage.write_bytes(storage.join(config.dest, result.name), data)  # atomic commit
-        out["result"].append(json.dumps(asdict(result)))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -293,7 +178,7 @@ def run_ingest(
     printer(
         f"[ingest] done: {count} shards ({written} written, {count - written} kept), {manifest['num_rows']} videos, "
         f"{manifest['num_samples']} samples, {len(quarantine)} quarantined, {dt:.1f}s -> "
-        f"{storage.join(cfg.dest, MANIFEST_NAME)}"
+        f"{storage.join(cfg.dest, ingested.MANIFEST_NAME)}"
     )
     return IngestSummary(manifest, written, count - written, len(quarantine), dt)
 
@@ -304,7 +189,7 @@ def _completed_ingest(cfg: IngestConfig, printer: Callable[[str], None]) -> Inge
     Raises:
         IngestError: ``cfg.dest`` holds the manifest of a different configuration.
     """
-    manifest_uri = storage.join(cfg.dest, MANIFEST_NAME)
+    manifest_uri = storage.join(cfg.dest, ingested.MANIFEST_NAME)
     if not storage.is_file(manifest_uri):
         return None
     manifest = json.loads(storage.read_bytes(manifest_uri))
@@ -399,7 +284,7 @@ def _build_shards(
     num_cpus: float,
     printer: Callable[[str], None],
 ) -> None:
-    """Build and commit the shards of ``todo`` on Ray Data (one :func:`_shard_task` per shard), adding their results
+    """Build and commit the shards of ``todo`` on Ray Data (one :func:`shard_task` per shard), adding their results
     to ``results`` as they come, with a progress line each."""
     import ray
 
@@ -409,7 +294,7 @@ def _build_shards(
     size = max(1, min(len(todo), parallelism or int(cpus // num_cpus) or 1))
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     ds = ds.map_batches(
-        _shard_task,
+        shard_task,
         fn_kwargs={"cfg": asdict(cfg)},
         batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=size),
@@ -474,58 +359,7 @@ def _write_manifest(cfg: IngestConfig, ordered: Sequence[ShardResult], n_videos:
         "num_bad": n_bad,
         "quarantine": QUARANTINE_NAME,
     }
-    storage.write_bytes(storage.join(cfg.dest, MANIFEST_NAME), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    storage.write_bytes(
+        storage.join(cfg.dest, ingested.MANIFEST_NAME), json.dumps(manifest, indent=1, sort_keys=True).encode()
+    )
     return manifest
-
-
-def load_manifest(dest: str) -> dict:
-    """The manifest of a completed ingest at ``dest``.
-
-    Raises:
-        IngestError: no manifest (the ingest did not finish: rerun it to resume).
-    """
-    uri = storage.join(dest, MANIFEST_NAME)
-    if not storage.is_file(uri):
-        raise IngestError(
-            f"{uri} not found: {dest} is not a completed ingest; run or resume `sgmg ingest --dest {dest}`"
-        )
-    return json.loads(storage.read_bytes(uri))
-
-
-def manifest_hash(dest: str) -> str:
-    """The identity of the ingest at ``dest``: sha256 of its manifest's canonical JSON (sorted keys, no spaces), which
-    lists every shard's content hash. Two validation sets with the same hash hold the same data, so scores on them
-    compare (the registry's champion rule).
-
-    Raises:
-        IngestError: no manifest at ``dest``.
-    """
-    canonical = json.dumps(load_manifest(dest), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def row_ranges(
-    dest: str, manifest: dict | None = None, rows_per_range: int = shards.ROW_GROUP_ROWS
-) -> list[tuple[str, int, int]]:
-    """``(shard uri, start, stop)`` ranges of at most ``rows_per_range`` videos covering every row of the ingest.
-
-    The default follows the shards' row groups, so each range reads one row group.
-    """
-    manifest = manifest or load_manifest(dest)
-    step = max(1, int(rows_per_range))
-    return [
-        (storage.join(dest, s["name"]), start, min(start + step, int(s["rows"])))
-        for s in manifest["shards"]
-        for start in range(0, int(s["rows"]), step)
-    ]
-
-
-def shard_uris(dest: str, manifest: dict | None = None) -> list[str]:
-    """URIs of the shards listed in the manifest of ``dest``."""
-    manifest = manifest or load_manifest(dest)
-    return [storage.join(dest, s["name"]) for s in manifest["shards"]]
-
-
-def expected_rows(manifest: dict) -> int:
-    """Number of video rows the manifest promises."""
-    return int(manifest["num_rows"])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines import ingest, shards
+from pipelines import ingest, ingested, shards
 from sgmg.data.sampler import RECIPES, REVERSE_PROB
 from sgmg.data.schema import ClipBatch, ClipSample
 
@@ -210,8 +210,8 @@ def _row_ranges(dest: str, videos_per_task: int | None, shuffle_files: bool):  #
     """A dataset of ``(uri, start, stop)`` items, one per read task (a row group of a shard by default)."""
     import ray
 
-    manifest = ingest.load_manifest(dest)
-    ranges = ingest.row_ranges(dest, manifest, videos_per_task or shards.ROW_GROUP_ROWS)
+    manifest = ingested.load_manifest(dest)
+    ranges = ingested.row_ranges(dest, manifest, videos_per_task or shards.ROW_GROUP_ROWS)
     if not ranges:
         raise ingest.IngestError(f"the manifest of {dest} lists no videos; rerun `sgmg ingest` with more videos")
     items = [{"uri": u, "start": a, "stop": b} for u, a, b in ranges]
@@ -229,7 +229,7 @@ def _clips_of_ranges(batch: dict[str, np.ndarray], cfg: dict, clips_per_block: i
     """Ray Data UDF: row ranges -> their clips, in output blocks of ``clips_per_block`` clips (streamed as made)."""
     config = ClipConfig(**cfg)
     pending: list[ClipSample] = []
-    for row in ingest.iter_rows(zip(batch["uri"], batch["start"], batch["stop"], strict=True), CLIP_COLUMNS):
+    for row in ingested.iter_rows(zip(batch["uri"], batch["start"], batch["stop"], strict=True), CLIP_COLUMNS):
         for clip in clips_of_row(row, config):
             pending.append(clip)
             if len(pending) >= clips_per_block:

@@ -128,10 +128,10 @@ def fit(
         pipelines.ingest.IngestError: ``job.shards`` is not a finished ingest.
         ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times (the cause is attached).
     """
-    from pipelines import ingest, storage, tracking
+    from pipelines import ingested, storage, tracking
 
     started = time.perf_counter()
-    manifest = ingest.load_manifest(job.shards)
+    manifest = ingested.load_manifest(job.shards)
     job = prepare_tracking(job)
     dataset = _train_dataset(job)
     spe = steps_per_epoch(int(manifest["num_samples"]), job)
@@ -199,11 +199,11 @@ def _checked_inputs(job: RayTrainJob) -> RayTrainJob:
         pipelines.ingest.IngestError: ``job.val_shards`` is not a finished ingest.
         FileNotFoundError: no ``model.safetensors`` in ``train.init_from``.
     """
-    from pipelines import ingest, storage
+    from pipelines import ingested, storage
 
     cfg = job.train
     if job.val_shards:
-        ingest.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
+        ingested.load_manifest(job.val_shards)  # fail now rather than at the first checkpoint
     if cfg.init_from and not storage.is_file(storage.join(cfg.init_from, "model.safetensors")):
         raise FileNotFoundError(
             f"train.init_from: no model.safetensors in {cfg.init_from}; expected a checkpoint folder of this project "
@@ -301,7 +301,7 @@ def register_run(
     Returns:
         The ``pipelines.registry.Registration`` (version, promoted, reason).
     """
-    from pipelines import ingest, registry, storage
+    from pipelines import ingested, registry, storage
 
     job = prepare_tracking(job)
     with tempfile.TemporaryDirectory(prefix="sgmg-register-") as tmp:
@@ -313,7 +313,7 @@ def register_run(
             tmp,
             model_name,
             val_jf=metrics.get("val_jf"),
-            val_set=ingest.manifest_hash(job.val_shards) if job.val_shards else None,
+            val_set=ingested.manifest_hash(job.val_shards) if job.val_shards else None,
             source=source,
             config=dataclasses.asdict(job),
             run_id=run_id,

@@ -273,7 +273,7 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
     """
     import torch
 
-    from pipelines import ingest, shards, stream
+    from pipelines import ingested, shards, stream
     from sgmg.data.collate import collate_clips
     from sgmg.loss.criterion import build_criterion
     from sgmg.train.step import validation_step
@@ -296,10 +296,10 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
         sums[4] += len(pending)
         pending.clear()
 
-    manifest = ingest.load_manifest(job.val_shards)
+    manifest = ingested.load_manifest(job.val_shards)
     share = max(1, min(shards.ROW_GROUP_ROWS, math.ceil(int(manifest["num_videos"]) / world)))
-    ranges = ingest.row_ranges(job.val_shards, manifest, rows_per_range=share)[rank::world]
-    for row in ingest.iter_rows(ranges, stream.CLIP_COLUMNS):
+    ranges = ingested.row_ranges(job.val_shards, manifest, rows_per_range=share)[rank::world]
+    for row in ingested.iter_rows(ranges, stream.CLIP_COLUMNS):
         for clip in stream.clips_of_row(row, val_cfg):
             pending.append(clip)
             if len(pending) == cfg.data.batch_size:

@@ -107,10 +107,10 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     Raises:
         RuntimeError: no trial reported the metric.
     """
-    from pipelines import ingest, storage, tracking
+    from pipelines import ingested, storage, tracking
 
     started = time.perf_counter()
-    ingest.load_manifest(cfg.job.shards)  # fail now, not in every trial
+    ingested.load_manifest(cfg.job.shards)  # fail now, not in every trial
     job = prepare_tracking(cfg.job)  # one tracking URI for every trial; tables made before trials race to create them
     base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
     loc = storage.resolve(cfg.job.storage_path)

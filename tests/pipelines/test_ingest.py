@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import ingest, shards
+from pipelines import ingest, ingest_shard, ingested, shards
 from sgmg.data.schema import Expression, VideoData, VideoRecord
 
 
@@ -77,7 +77,7 @@ def test_plan_is_deterministic_and_complete() -> None:
     plan = ingest.plan_shards(ids, 2)
     assert plan == [["v1", "v3"], ["v5", "v7"], ["v9"]]
     assert plan == ingest.plan_shards(list(reversed(ids)), 2)
-    assert ingest.shard_name(1, 3) == "shard-00001-of-00003.parquet"
+    assert ingest_shard.shard_name(1, 3) == "shard-00001-of-00003.parquet"
 
 
 def test_config_validation_and_hash() -> None:
@@ -144,10 +144,10 @@ def test_read_shard_rows_reads_any_range_across_row_groups(tmp_path) -> None:
         assert table.column("video_id").to_pylist() == [f"v{i:02d}" for i in range(start, stop)]
     assert shards.read_shard_rows(str(path)).num_rows == n
     manifest = {"shards": [{"name": path.name, "rows": n}, {"name": "shard-x.parquet", "rows": 2}]}
-    ranges = ingest.row_ranges(str(tmp_path), manifest)
+    ranges = ingested.row_ranges(str(tmp_path), manifest)
     assert [(r[1], r[2]) for r in ranges] == [(0, shards.ROW_GROUP_ROWS), (shards.ROW_GROUP_ROWS, n), (0, 2)]
     assert ranges[0][0] == str(path)
-    assert len(ingest.row_ranges(str(tmp_path), manifest, rows_per_range=1)) == n + 2
+    assert len(ingested.row_ranges(str(tmp_path), manifest, rows_per_range=1)) == n + 2
 
 
 def test_manifest_hash_is_the_identity_of_the_ingest(tmp_path) -> None:
@@ -160,7 +160,7 @@ def test_manifest_hash_is_the_identity_of_the_ingest(tmp_path) -> None:
     (a / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (b / "manifest.json").write_text(json.dumps(dict(reversed(manifest.items()))))  # same content, other layout
     (c / "manifest.json").write_text(json.dumps({**manifest, "shards": [{"name": "s0", "sha256": "13"}]}))
-    assert ingest.manifest_hash(str(a)) == ingest.manifest_hash(str(b)) != ingest.manifest_hash(str(c))
-    assert len(ingest.manifest_hash(str(a))) == 64
+    assert ingested.manifest_hash(str(a)) == ingested.manifest_hash(str(b)) != ingested.manifest_hash(str(c))
+    assert len(ingested.manifest_hash(str(a))) == 64
     with pytest.raises(ingest.IngestError, match="not a completed ingest"):
-        ingest.manifest_hash(str(tmp_path / "none"))
+        ingested.manifest_hash(str(tmp_path / "none"))

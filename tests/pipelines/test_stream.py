@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import ingest, shards, stream
+from pipelines import ingest, ingest_shard, shards, stream
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def shard(tmp_path_factory):  # noqa: ANN201 - (pyarrow table, local dataset roo
     root = tmp_path_factory.mktemp("ds") / "ytvos"
     write_tiny_ytvos(root, n_videos=3, n_frames=6)
     cfg = ingest.IngestConfig(source=str(root), dest=str(root) + "-out", max_side=64, shard_size=3, frame_codec="png")
-    reader = ingest.open_reader(cfg.format, cfg.source, cfg.split)
-    data, result = ingest.build_shard(cfg, 0, 1, reader.list_videos(), reader=reader)
+    reader = ingest_shard.open_reader(cfg.format, cfg.source, cfg.split)
+    data, result = ingest_shard.build_shard(cfg, 0, 1, reader.list_videos(), reader=reader)
     assert result.rows == 3 and result.quarantine == []
     return pq.read_table(io.BytesIO(data)), str(root)
 

@@ -117,12 +117,12 @@ def assert_one_clean_history(uri: str, run_id: str, max_steps: int, steps_per_ep
 def test_worker_killed_before_and_after_a_checkpoint(small_ingest, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pipelines import ingest
+    from pipelines import ingested
 
     uri = tracking.default_tracking_uri(tmp_path)
     job = train_job.load_job(None, overrides(small_ingest, uri, tmp_path / "runs", **{"train.max_steps": 24}))
     run_path = tmp_path / "runs" / "faults"
-    spe = train_job.steps_per_epoch(int(ingest.load_manifest(small_ingest)["num_samples"]), job)
+    spe = train_job.steps_per_epoch(int(ingested.load_manifest(small_ingest)["num_samples"]), job)
     assert 1 < spe < 12  # the run crosses epochs, so the epoch counter is checked
     box: dict = {}
 
@@ -212,10 +212,10 @@ def test_train_command_killed_and_rerun_resumes(ray_cluster, small_ingest, s3_bu
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
-    from pipelines import ingest
+    from pipelines import ingested
 
     spe = train_job.steps_per_epoch(
-        int(ingest.load_manifest(small_ingest)["num_samples"]), train_job.load_job(None, args)
+        int(ingested.load_manifest(small_ingest)["num_samples"]), train_job.load_job(None, args)
     )
     assert_one_clean_history(uri, run_id, 12, spe)
     assert checkpoint_names(run_path) == ["step_0000012"]

@@ -97,9 +97,9 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     state = json.loads(storage.read_bytes(storage.join(result.best_checkpoint, "trainer_state.json")))
     assert version.run_id == state["mlflow_run_id"] and version.tags["val_jf"] == str(result.best_metrics["val_jf"])
     # tagged with the validation set's identity, the sweep and the trial's config; champion because it is the first
-    from pipelines import ingest
+    from pipelines import ingested
 
-    assert version.tags["val_set"] == ingest.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
+    assert version.tags["val_set"] == ingested.manifest_hash(small_ingest) and version.tags["source"] == "sweep:sweep"
     assert json.loads(version.tags["config"])["val_shards"] == small_ingest and result.registration.promoted
 
     # MLflow: one parent run for the sweep, one nested run per trial (params: the sampled values), all ended; the
