@@ -184,10 +184,10 @@ class Demo:
         return json.loads(summary.read_text())
 
     def serve_and_score(self) -> dict[str, Any]:
-        from pipelines import registry
+        from pipelines import model_uris
         from pipelines.demo_report import score_served
 
-        champion = registry.resolve_model_version(self.tracking_uri, f"models:/{MODEL_NAME}@champion")
+        champion = model_uris.resolve_model_version(self.tracking_uri, f"models:/{MODEL_NAME}@champion")
         with self.serving() as url:
             served = score_served(url, self.data, self.work / "predictions_served", progress=_bar)
         self.say(f"      champion {champion.uri}: J&F {served['jf']['J&F']:.3f} over {served['requests']} requests")

@@ -6,12 +6,11 @@ whose artifact is the checkpoint), tagged with its validation J&F (``val_jf``), 
 config; the alias ``champion`` (what Serve loads) moves to it only when it beats the current champion on the same
 validation set (:func:`decide_promotion`). :func:`promote` and :func:`rollback` move an alias by hand; every move is
 logged (who, why) and the replaced versions are kept in order in a registered-model tag, which rollback pops.
-:func:`load_registered_model` reads ``models:/NAME@ALIAS`` back as the torch module.
+:func:`pipelines.model_uris.load_registered_model` reads ``models:/NAME@ALIAS`` back as the torch module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import getpass
 import json
@@ -85,8 +84,8 @@ def register_checkpoint(
     :func:`register_candidate`).
 
     The version is an MLflow pyfunc model whose artifact is the checkpoint (``model.safetensors`` + ``config.json``);
-    :func:`load_registered_model` (Serve) reads it back as a torch module. Logged into ``run_id`` (e.g. the best
-    trial's training run) when given, else into a new run.
+    :func:`pipelines.model_uris.load_registered_model` (Serve) reads it back as a torch module. Logged into ``run_id``
+    (e.g. the best trial's training run) when given, else into a new run.
 
     Returns:
         The new version's number (a string).
@@ -439,74 +438,3 @@ def rollback(tracking_uri: str, model_name: str, *, alias: str = CHAMPION, why: 
     client.set_registered_model_tag(model_name, _history_key(alias), json.dumps(history[:-1]))
     _move_alias(client, model_name, alias, previous, f"rollback: {why or 'no reason given'}", record=False)
     return (str(current.version) if current is not None else None), previous
-
-
-def load_registered_model(tracking_uri: str, model_uri: str = f"models:/sgmg@{CHAMPION}") -> Any:
-    """The torch module of a registered version (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), in eval mode.
-
-    Raises:
-        mlflow.exceptions.MlflowException: unknown model, alias or version (the message names it).
-    """
-    import mlflow
-
-    import sgmg
-
-    with tempfile.TemporaryDirectory(prefix="sgmg-model-") as tmp, tracking.mlflow_uris(tracking_uri):
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_uri.rstrip('/')}/artifacts/checkpoint", dst_path=tmp
-        )
-        return sgmg.load_checkpoint(local).eval()
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelVersionRef:
-    """One registered model version: ``models:/NAME/VERSION`` (``alias`` when it was reached through one)."""
-
-    name: str
-    version: str
-    alias: str | None = None
-
-    @property
-    def uri(self) -> str:
-        """``models:/NAME/VERSION`` (fixed, unlike an alias)."""
-        return f"models:/{self.name}/{self.version}"
-
-
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None, VERSION).
-
-    Raises:
-        ValueError: anything else, naming the two accepted forms.
-    """
-    rest = model_uri[len("models:/") :] if model_uri.startswith("models:/") else ""
-    if "@" in rest and "/" not in rest:
-        name, alias = rest.split("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif rest.count("/") == 1:
-        name, version = rest.split("/")
-        if name and version.isdigit():
-            return name, None, version
-    raise ValueError(f"model URI {model_uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION (a number)")
-
-
-def resolve_model_version(tracking_uri: str, model_uri: str) -> ModelVersionRef:
-    """The version ``model_uri`` names now (an alias is read from the registry at each call: MLflow itself resolves
-    ``models:/NAME@ALIAS`` only once, at load time).
-
-    Raises:
-        ValueError: malformed URI.
-        LookupError: unknown model, alias or version (the message names it).
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    name, alias, version = parse_model_uri(model_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        if alias is not None:
-            return ModelVersionRef(name, str(client.get_model_version_by_alias(name, alias).version), alias)
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise LookupError(f"{model_uri} not found in the registry at {tracking_uri}: {exc.message}") from exc
-    return ModelVersionRef(name, version)

@@ -10,8 +10,9 @@ Accepted locations:
 
 Everything goes through :mod:`pyarrow.fs` (the same filesystem objects Ray Data reads Parquet with), so no boto3 is
 needed. Transient errors (throttling, 5xx, dropped connections) are retried with exponential backoff, both by the AWS
-SDK inside pyarrow and by :func:`_retry` around every call; missing buckets, missing keys and permission problems are
-raised as :class:`StorageError` subclasses whose message names the URI and the fix.
+SDK inside pyarrow and by :func:`pipelines.storage_errors.retry` around every call; missing buckets, missing keys and
+permission problems are raised as :class:`StorageError` subclasses whose message names the URI and the fix
+(:mod:`pipelines.storage_errors`).
 
 Writes are atomic: a local file is written to a temporary name in the same folder and renamed; an S3 object is
 written with one upload, which S3 makes visible only once it is complete.
@@ -20,11 +21,8 @@ written with one upload, which S3 makes visible only once it is complete.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import posixpath
-import random
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,59 +31,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-log = logging.getLogger(__name__)
+from pipelines.storage_errors import BucketNotFoundError as BucketNotFoundError  # the errors storage raises
+from pipelines.storage_errors import StorageError as StorageError
+from pipelines.storage_errors import StorageNotFoundError as StorageNotFoundError
+from pipelines.storage_errors import StoragePermissionError as StoragePermissionError
+from pipelines.storage_errors import classify, retry
 
 T = TypeVar("T")
-
-#: Substrings of error messages that mark an error as transient (worth retrying).
-_TRANSIENT_MARKERS = (
-    "SLOW_DOWN",
-    "SlowDown",
-    "THROTTLING",
-    "Throttling",
-    "RequestTimeout",
-    "REQUEST_TIMEOUT",
-    "SERVICE_UNAVAILABLE",
-    "ServiceUnavailable",
-    "INTERNAL_FAILURE",
-    "InternalError",
-    "NETWORK_CONNECTION",
-    "Connection reset",
-    "Connection refused",
-    "Broken pipe",
-    "curlCode",
-    "Timeout",
-    "timed out",
-    "HTTP response code: 500",
-    "HTTP response code: 502",
-    "HTTP response code: 503",
-    "HTTP response code: 504",
-)
-_PERMISSION_MARKERS = (
-    "ACCESS_DENIED",
-    "AccessDenied",
-    "Forbidden",
-    "403",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-)
-_NO_BUCKET_MARKERS = ("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist")
-
-
-class StorageError(OSError):
-    """A storage operation failed; the message names the URI and what to do."""
-
-
-class StorageNotFoundError(StorageError, FileNotFoundError):
-    """The object, file or folder does not exist."""
-
-
-class BucketNotFoundError(StorageNotFoundError):
-    """The S3 bucket does not exist (or the endpoint is not the one that holds it)."""
-
-
-class StoragePermissionError(StorageError, PermissionError):
-    """The credentials may not perform the operation."""
 
 
 @dataclass(frozen=True)
@@ -192,70 +144,14 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(text, *clean)
 
 
-def _classify(exc: BaseException, uri: str, action: str) -> BaseException:
-    """Turn a pyarrow/OS error into a :class:`StorageError` with a useful message (or return it unchanged)."""
-    if isinstance(exc, StorageError):
-        return exc
-    msg = str(exc)
-    bucket = uri[len("s3://") :].split("/", 1)[0] if is_s3(uri) else ""
-    endpoint = _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") or "the AWS default endpoint"
-    if any(m in msg for m in _NO_BUCKET_MARKERS):
-        return BucketNotFoundError(
-            f"cannot {action} {uri}: bucket {bucket!r} does not exist at {endpoint}; create it "
-            f"(`aws s3 mb s3://{bucket}`) or point AWS_ENDPOINT_URL at the endpoint that holds it"
-        )
-    if isinstance(exc, PermissionError) or any(m in msg for m in _PERMISSION_MARKERS):
-        fix = (
-            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the instance role) and the bucket policy"
-            if is_s3(uri)
-            else "check the file permissions"
-        )
-        return StoragePermissionError(f"permission denied to {action} {uri}: {fix} ({msg})")
-    if isinstance(exc, FileNotFoundError):
-        return StorageNotFoundError(f"cannot {action} {uri}: it does not exist; check the path/URI")
-    return exc
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, StorageError, IsADirectoryError, NotADirectoryError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    return isinstance(exc, OSError) and any(m in str(exc) for m in _TRANSIENT_MARKERS)
-
-
-def _retry(fn: Callable[[], T], uri: str, action: str, attempts: int | None = None, base_delay: float = 0.2) -> T:
-    """Call ``fn``, retrying transient errors with exponential backoff and jitter; classify the final error."""
-    attempts = attempts or int(os.environ.get("SGMG_STORAGE_RETRIES", "5"))
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt + 1 < attempts and _is_transient(exc):
-                delay = base_delay * (2**attempt) * (1 + random.random())
-                log.warning(
-                    "transient error to %s %s (%s); retry %d/%d in %.1fs",
-                    action,
-                    uri,
-                    exc,
-                    attempt + 1,
-                    attempts - 1,
-                    delay,
-                )
-                time.sleep(delay)
-                continue
-            raise _classify(exc, uri, action) from exc
-    raise AssertionError("unreachable")
-
-
 def _check_bucket(loc: Location) -> None:
     """Raise :class:`BucketNotFoundError` when an S3 location's bucket is missing (pyarrow reports a bare 404)."""
     if not loc.is_s3:
         return
     bucket = loc.path.split("/", 1)[0]
-    info = _retry(lambda: loc.fs.get_file_info(bucket), loc.uri, "stat")
+    info = retry(lambda: loc.fs.get_file_info(bucket), loc.uri, "stat")
     if info.type == pafs.FileType.NotFound:
-        raise _classify(OSError(f"NO_SUCH_BUCKET {bucket}"), loc.uri, "access")
+        raise classify(OSError(f"NO_SUCH_BUCKET {bucket}"), loc.uri, "access")
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
@@ -272,7 +168,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
             return f.read()
 
     try:
-        return _retry(read, loc.uri, "read")
+        return retry(read, loc.uri, "read")
     except StorageNotFoundError:
         _check_bucket(loc)
         raise
@@ -291,7 +187,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
             with loc.fs.open_output_stream(loc.path) as f:
                 f.write(data)
 
-        _retry(put, loc.uri, "write")
+        retry(put, loc.uri, "write")
         return
     parent = os.path.dirname(loc.path)
     tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.tmp-{uuid.uuid4().hex[:12]}")
@@ -308,7 +204,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    _retry(put_local, loc.uri, "write")
+    retry(put_local, loc.uri, "write")
 
 
 def exists(uri: str | os.PathLike) -> bool:
@@ -318,7 +214,7 @@ def exists(uri: str | os.PathLike) -> bool:
         BucketNotFoundError: for an S3 URI whose bucket does not exist.
     """
     loc = resolve(uri)
-    info = _retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat")
+    info = retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat")
     if info.type != pafs.FileType.NotFound:
         return True
     if loc.is_s3:
@@ -329,7 +225,7 @@ def exists(uri: str | os.PathLike) -> bool:
 def is_file(uri: str | os.PathLike) -> bool:
     """True if a file/object (not a folder) exists at ``uri``."""
     loc = resolve(uri)
-    return _retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat").type == pafs.FileType.File
+    return retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat").type == pafs.FileType.File
 
 
 def list_dir(uri: str | os.PathLike, recursive: bool = False) -> list[str]:
@@ -346,7 +242,7 @@ def list_dir(uri: str | os.PathLike, recursive: bool = False) -> list[str]:
     if loc.is_s3:
         _check_bucket(loc)
     selector = pafs.FileSelector(base + ("/" if loc.is_s3 else ""), recursive=recursive, allow_not_found=loc.is_s3)
-    infos = _retry(lambda: loc.fs.get_file_info(selector), loc.uri, "list")
+    infos = retry(lambda: loc.fs.get_file_info(selector), loc.uri, "list")
     names = []
     for info in infos:
         rel = info.path[len(base) :].lstrip("/")
@@ -362,7 +258,7 @@ def delete(uri: str | os.PathLike, missing_ok: bool = True) -> None:
     """Delete one file/object."""
     loc = resolve(uri)
     try:
-        _retry(lambda: loc.fs.delete_file(loc.path), loc.uri, "delete")
+        retry(lambda: loc.fs.delete_file(loc.path), loc.uri, "delete")
     except StorageNotFoundError:
         if not missing_ok:
             raise
@@ -372,7 +268,7 @@ def delete_tree(uri: str | os.PathLike) -> None:
     """Delete a folder/prefix and everything under it (nothing when it does not exist)."""
     loc = resolve(uri)
     try:
-        _retry(lambda: loc.fs.delete_dir(loc.path.rstrip("/")), loc.uri, "delete")
+        retry(lambda: loc.fs.delete_dir(loc.path.rstrip("/")), loc.uri, "delete")
     except StorageNotFoundError:
         pass
 
@@ -409,7 +305,7 @@ def read_with(uri: str | os.PathLike, read: Callable[[pafs.FileSystem, str], T])
     """
     loc = resolve(uri)
     try:
-        return _retry(lambda: read(loc.fs, loc.path), loc.uri, "read")
+        return retry(lambda: read(loc.fs, loc.path), loc.uri, "read")
     except StorageNotFoundError:
         _check_bucket(loc)
         raise
@@ -467,7 +363,7 @@ class StorageFileSource:
     def is_dir(self, rel: str) -> bool:
         """True if ``rel`` is a folder (an S3 prefix with objects under it)."""
         loc = resolve(self._uri(rel))
-        return _retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat").type == pafs.FileType.Directory
+        return retry(lambda: loc.fs.get_file_info(loc.path), loc.uri, "stat").type == pafs.FileType.Directory
 
     def describe(self, rel: str = "") -> str:
         """The full location of ``rel``, for error messages."""

@@ -1,4 +1,5 @@
-"""MLflow tracking of training runs; with :mod:`pipelines.registry`, the only modules that talk to MLflow.
+"""MLflow tracking of training runs; with :mod:`pipelines.registry` and :mod:`pipelines.model_uris`, the only modules
+that talk to MLflow.
 
 A training job's MLflow run is opened on the driver, before any worker starts (:func:`open_run`): it is found by the
 job's identity (its ``storage_path/name``, the tag ``sgmg.run_path``) or created, so a job that restarts (its worker

@@ -115,9 +115,9 @@ def check_model(model_uri: str, tracking_uri: str) -> str:
     from pipelines.serve.runner import is_registry_uri
 
     if is_registry_uri(model_uri):
-        from pipelines import registry
+        from pipelines import model_uris
 
-        return f"{registry.resolve_model_version(tracking_uri, model_uri).uri} ({model_uri})"
+        return f"{model_uris.resolve_model_version(tracking_uri, model_uri).uri} ({model_uri})"
     from sgmg.checkpoint.io import CONFIG_NAME, WEIGHTS_NAME
 
     if model_uri.endswith(".safetensors"):

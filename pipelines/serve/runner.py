@@ -88,9 +88,9 @@ def resolve_version(model_uri: str, tracking_uri: str | None) -> str | None:
     """The registry version ``model_uri`` names now (None for a checkpoint location)."""
     if not is_registry_uri(model_uri):
         return None
-    from pipelines import registry
+    from pipelines import model_uris
 
-    return registry.resolve_model_version(_tracking(tracking_uri), model_uri).version
+    return model_uris.resolve_model_version(_tracking(tracking_uri), model_uri).version
 
 
 def _tracking(tracking_uri: str | None) -> str:
@@ -116,11 +116,11 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="sgmg-serve-") as tmp:
         if is_registry_uri(model_uri):
-            from pipelines import registry
+            from pipelines import model_uris
 
             uri = _tracking(tracking_uri)
-            ref = registry.resolve_model_version(uri, model_uri)
-            model = registry.load_registered_model(uri, ref.uri)
+            ref = model_uris.resolve_model_version(uri, model_uri)
+            model = model_uris.load_registered_model(uri, ref.uri)
             name, version, fixed = ref.name, ref.version, ref.uri
         else:
             model = sgmg.load_checkpoint(_local_checkpoint(model_uri, Path(tmp)))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipelines import storage
+from pipelines import storage, storage_errors
 
 
 def test_local_roundtrip_and_listing(tmp_path) -> None:
@@ -48,7 +48,7 @@ def test_retry_backs_off_on_transient_errors_only() -> None:
             raise OSError("AWS Error SLOW_DOWN during GetObject operation")
         return "ok"
 
-    assert storage._retry(flaky, "s3://b/k", "read", attempts=4, base_delay=0.001) == "ok"
+    assert storage_errors.retry(flaky, "s3://b/k", "read", attempts=4, base_delay=0.001) == "ok"
     assert len(calls) == 3
 
     calls.clear()
@@ -58,7 +58,7 @@ def test_retry_backs_off_on_transient_errors_only() -> None:
         raise OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied")
 
     with pytest.raises(storage.StoragePermissionError, match="s3://b/k.*AWS_ACCESS_KEY_ID"):
-        storage._retry(denied, "s3://b/k", "read", attempts=4, base_delay=0.001)
+        storage_errors.retry(denied, "s3://b/k", "read", attempts=4, base_delay=0.001)
     assert len(calls) == 1  # permission errors are not retried
 
 

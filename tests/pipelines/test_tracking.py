@@ -46,12 +46,12 @@ def test_a_job_keeps_one_run_and_each_step_is_logged_once(uri) -> None:
 
 
 def test_sweep_trials_are_nested_and_ended_with_their_status(uri) -> None:
-    from pipelines import tune
+    from pipelines import sweep_trials
     from pipelines.sweep_report import FAILED, FINISHED, STOPPED_EARLY, TrialRow, to_markdown
 
     parent = tracking.open_run(uri, "exp2", "sweep", key="sweep:/runs/sweep")
     runs = {
-        t: tracking.open_run(uri, "exp2", t, key=f"/runs/{t}", parent_run_id=parent, tags={tune.TRIAL_TAG: t})
+        t: tracking.open_run(uri, "exp2", t, key=f"/runs/{t}", parent_run_id=parent, tags={sweep_trials.TRIAL_TAG: t})
         for t in ("a", "b", "c", "d")
     }
     tracking.end_run(uri, runs["a"], "FINISHED")  # its fit() returned; b was stopped by ASHA; c never reported
@@ -62,7 +62,7 @@ def test_sweep_trials_are_nested_and_ended_with_their_status(uri) -> None:
         TrialRow("b", STOPPED_EARLY, {"train.optim.lr": 1e-3}, {"loss": 2.0, "step": 2}),
         TrialRow("d", FAILED, {"train.optim.lr": 1e-2}, {}, error="RuntimeError: out of memory"),
     ]
-    tune.close_trial_runs(uri, parent, rows)
+    sweep_trials.close_trial_runs(uri, parent, rows)
     status = {t: tracking.run_status(uri, r) for t, r in runs.items()}
     assert status == {"a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "FAILED"}
     assert tracking.run_tags(uri, runs["d"])[tracking.ERROR_TAG] == "RuntimeError: out of memory"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import registry, storage, sweep_config, tracking, tune
+from pipelines import model_uris, storage, sweep_config, tracking, tune
 
 SPACE = '{"train.optim.lr": {"grid": [1.0e-4, 1.0e-3]}}'
 
@@ -85,7 +85,7 @@ def test_sweep_registers_the_best_trial_as_champion(small_ingest, tmp_path) -> N
     assert result.registered_version == "1" and result.best_checkpoint
 
     # the champion is the best trial's checkpoint, logged into that trial's MLflow run
-    model = registry.load_registered_model(uri, "models:/sgmg@champion")
+    model = model_uris.load_registered_model(uri, "models:/sgmg@champion")
     from safetensors.torch import load
 
     best = load(storage.read_bytes(storage.join(result.best_checkpoint, "model.safetensors")))
