@@ -56,24 +56,30 @@ def trial_run_ids(tracking_uri: str, parent: str) -> dict[str, str]:
     }
 
 
-def close_trial_runs(tracking_uri: str, parent: str, rows: Sequence[Any]) -> None:
-    """End every trial run under ``parent`` with what became of its trial, as Tune saw it: ``KILLED`` for one the
-    scheduler stopped, ``FAILED`` for one that failed or never reported, ``FINISHED`` otherwise; every trial run gets
-    the tag ``sgmg.trial_status``.
+def close_trial_runs(tracking_uri: str, parent: str, rows: Sequence[Any]) -> dict[str, str]:
+    """End every trial run under ``parent`` with what became of its trial: ``KILLED`` for one the scheduler stopped,
+    ``FAILED`` for one that failed or never reported, ``FINISHED`` otherwise; every trial run gets the tag
+    ``sgmg.trial_status``. Returns each trial's final status (``sweep_report`` labels) by trial id.
 
-    The driver's verdict wins over a status the trial's own process wrote (a trial process leaves its run open when
-    ``fit`` raises, as one torn down by the scheduler does: see :func:`_trial`); a failed trial's run gets its error
-    as the tag ``sgmg.error``, which is removed from any other.
+    Who decides: a run that its trial's own process ended ``FINISHED`` trained to the end (the process ends its run
+    only when ``fit`` returns; see :func:`pipelines.tune._trial`) and stays so, even when Tune saw no report from it
+    (a trial that had finished just before the sweep was killed is started again by the restored sweep, resumes at
+    its last step and reports nothing). Any other run gets Tune's verdict (``rows``), over a status an older trial
+    process may have written; a failed trial's run gets its error as the tag ``sgmg.error``, removed from any other.
     """
     from pipelines import tracking
-    from pipelines.sweep_report import FAILED
+    from pipelines.sweep_report import FAILED, FINISHED
 
     row_of = {r.trial_id: r for r in rows}
+    final = {}
     for run in tracking.child_runs(tracking_uri, parent):
-        row = row_of.get(run.data.tags.get(TRIAL_TAG))
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        row = row_of.get(trial_id)
         status = row.status if row is not None else FAILED
+        if run.info.status == "FINISHED":
+            status = FINISHED
         tags = {"sgmg.trial_status": status}
-        if row is not None and row.error:
+        if status == FAILED and row is not None and row.error:
             tags[tracking.ERROR_TAG] = row.error
         if run.info.status != _MLFLOW_STATUS[status]:
             tracking.end_run(tracking_uri, run.info.run_id, _MLFLOW_STATUS[status], tags=tags)
@@ -81,6 +87,9 @@ def close_trial_runs(tracking_uri: str, parent: str, rows: Sequence[Any]) -> Non
             tracking.log_to_run(tracking_uri, run.info.run_id, tags=tags)
         if status != FAILED and tracking.ERROR_TAG in run.data.tags:
             tracking.delete_tag(tracking_uri, run.info.run_id, tracking.ERROR_TAG)
+        if trial_id is not None:
+            final[trial_id] = status
+    return final
 
 
 def log_sweep_results(

@@ -123,9 +123,11 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
         raise
     rows = trial_rows(grid, cfg, max_t)
     if parent is not None:
-        close_trial_runs(job.tracking.tracking_uri, parent, rows)
+        final = close_trial_runs(job.tracking.tracking_uri, parent, rows)
         run_ids = trial_run_ids(job.tracking.tracking_uri, parent)
-        rows = [dataclasses.replace(r, run_id=run_ids.get(r.trial_id)) for r in rows]
+        rows = [
+            dataclasses.replace(r, run_id=run_ids.get(r.trial_id), status=final.get(r.trial_id, r.status)) for r in rows
+        ]
     best = _best_result(grid, cfg, job.tracking.tracking_uri, parent)
     metrics = dict(best.metrics or {})
     best_params = {k: best.config[k] for k in cfg.space}

@@ -52,19 +52,24 @@ def test_sweep_trials_are_nested_and_ended_with_their_status(uri) -> None:
     parent = tracking.open_run(uri, "exp2", "sweep", key="sweep:/runs/sweep")
     runs = {
         t: tracking.open_run(uri, "exp2", t, key=f"/runs/{t}", parent_run_id=parent, tags={sweep_trials.TRIAL_TAG: t})
-        for t in ("a", "b", "c", "d")
+        for t in ("a", "b", "c", "d", "e")
     }
     tracking.end_run(uri, runs["a"], "FINISHED")  # its fit() returned; b was stopped by ASHA; c never reported
     # b's process, torn down by the scheduler mid-fit, may end its run FAILED before it dies: the driver's verdict wins
     tracking.end_run(uri, runs["b"], "FAILED", tags={tracking.ERROR_TAG: "actor died"})
+    # e finished just before the sweep was killed; the restored sweep ran it again, it resumed at its last step and
+    # reported nothing, so Tune counts it as stopped early: its own FINISHED stands
+    tracking.end_run(uri, runs["e"], "FINISHED")
     rows = [
         TrialRow("a", FINISHED, {"train.optim.lr": 1e-4}, {"loss": 1.0, "step": 4}),
         TrialRow("b", STOPPED_EARLY, {"train.optim.lr": 1e-3}, {"loss": 2.0, "step": 2}),
         TrialRow("d", FAILED, {"train.optim.lr": 1e-2}, {}, error="RuntimeError: out of memory"),
+        TrialRow("e", STOPPED_EARLY, {"train.optim.lr": 1e-5}, {}),
     ]
-    sweep_trials.close_trial_runs(uri, parent, rows)
+    final = sweep_trials.close_trial_runs(uri, parent, rows)
     status = {t: tracking.run_status(uri, r) for t, r in runs.items()}
-    assert status == {"a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "FAILED"}
+    assert status == {"a": "FINISHED", "b": "KILLED", "c": "FAILED", "d": "FAILED", "e": "FINISHED"}
+    assert final == {"a": FINISHED, "b": STOPPED_EARLY, "c": FAILED, "d": FAILED, "e": FINISHED}
     assert tracking.run_tags(uri, runs["d"])[tracking.ERROR_TAG] == "RuntimeError: out of memory"
     assert tracking.run_tags(uri, runs["b"])["sgmg.trial_status"] == "stopped early"
     assert tracking.ERROR_TAG not in tracking.run_tags(uri, runs["b"])
