@@ -93,10 +93,15 @@ def _s3_filesystem(
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (None: the AWS default)."""
+    return _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """The S3 filesystem configured from the environment (see the module docstring); cached per configuration."""
     return _s3_filesystem(
-        _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        s3_endpoint(),
         _env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
         _env("AWS_ACCESS_KEY_ID"),
         _env("AWS_SECRET_ACCESS_KEY"),
@@ -107,6 +112,14 @@ def s3_filesystem() -> pafs.S3FileSystem:
 def is_s3(uri: str) -> bool:
     """True if ``uri`` is an ``s3://`` URI."""
     return str(uri).startswith("s3://")
+
+
+def as_uri(base: str | os.PathLike, path: str) -> str:
+    """``path``, a path inside the filesystem of ``base``'s location as pyarrow and Ray report it (``bucket/key`` on
+    S3), as a URI of that location (``s3://bucket/key``; a local path stays as it is)."""
+    if resolve(base).is_s3 and not is_s3(path):
+        return "s3://" + path
+    return path
 
 
 def resolve(uri: str | os.PathLike) -> Location:

@@ -70,10 +70,12 @@ def classify(exc: BaseException, uri: str, action: str) -> BaseException:
     """Turn a pyarrow/OS error into a :class:`StorageError` with a useful message (or return it unchanged)."""
     if isinstance(exc, StorageError):
         return exc
+    from pipelines import storage  # at call time: storage imports this module
+
     msg = str(exc)
-    s3 = uri.startswith("s3://")
+    s3 = storage.is_s3(uri)
     bucket = uri[len("s3://") :].split("/", 1)[0] if s3 else ""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS default endpoint"
+    endpoint = storage.s3_endpoint() or "the AWS default endpoint"
     if any(m in msg for m in _NO_BUCKET_MARKERS):
         return BucketNotFoundError(
             f"cannot {action} {uri}: bucket {bucket!r} does not exist at {endpoint}; create it "

@@ -81,17 +81,25 @@ class TrainRunResult:
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
+def ray_storage(uri: str) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train and Tune: ``bucket/key`` and this project's S3 filesystem
+    (:func:`pipelines.storage.s3_filesystem`) for an ``s3://`` URI; the absolute path and None (Ray's default) for a
+    local one."""
+    from pipelines import storage
+
+    loc = storage.resolve(uri)
+    return (loc.path, loc.fs) if loc.is_s3 else (loc.uri, None)
+
+
 def _run_config(job: RayTrainJob, callbacks: Sequence[Any] = ()) -> Any:
     import ray.train
 
-    from pipelines import storage
-
-    loc = storage.resolve(job.storage_path)
+    storage_path, filesystem = ray_storage(job.storage_path)
     return ray.train.RunConfig(
         name=job.name,
         callbacks=list(callbacks) or None,
-        storage_path=loc.path if loc.is_s3 else loc.uri,
-        storage_filesystem=loc.fs if loc.is_s3 else None,
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
         failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
         worker_runtime_env={"env_vars": dict(WORKER_ENV)},
@@ -253,10 +261,7 @@ def _checkpoint_uri(job: RayTrainJob, checkpoint: Any) -> str | None:
     """The path of a Ray Train checkpoint, as an ``s3://`` URI when the job stores on S3 (Ray gives bucket/key)."""
     from pipelines import storage
 
-    path = checkpoint.path if checkpoint is not None else None
-    if path is not None and storage.resolve(job.storage_path).is_s3 and not path.startswith("s3://"):
-        path = "s3://" + path
-    return path
+    return storage.as_uri(job.storage_path, checkpoint.path) if checkpoint is not None else None
 
 
 def remove_unregistered_checkpoints(

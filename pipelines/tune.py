@@ -29,7 +29,7 @@ from typing import Any
 
 from pipelines.sweep_config import SweepConfig, load_sweep, param_space, trial_job
 from pipelines.sweep_trials import TRIAL_TAG, close_trial_runs, log_sweep_results, trial_rows, trial_run_ids
-from pipelines.train import register_run
+from pipelines.train import ray_storage, register_run
 from pipelines.train_job import RayTrainJob, prepare_tracking
 
 BASE_KEY, PARENT_KEY = "__base__", "__parent_run__"  # constant entries of the param space
@@ -110,11 +110,10 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     ingested.load_manifest(cfg.job.shards)  # fail now, not in every trial
     job = prepare_tracking(cfg.job)  # one tracking URI for every trial; tables made before trials race to create them
     base = dataclasses.asdict(dataclasses.replace(job, name=cfg.name))
-    loc = storage.resolve(cfg.job.storage_path)
     sweep_path = storage.join(cfg.job.storage_path, cfg.name)
     parent, changed = _open_sweep_run(cfg, job, base, sweep_path)
     max_t = max(1, math.ceil(cfg.job.train.max_steps / cfg.job.train.checkpoint_every))
-    tuner = _tuner(cfg, base, parent, changed, max_t, loc, sweep_path, log)
+    tuner = _tuner(cfg, base, parent, changed, max_t, sweep_path, log)
     try:
         grid = tuner.fit()
     except (KeyboardInterrupt, SystemExit):
@@ -132,8 +131,8 @@ def sweep(cfg: SweepConfig, *, log: Callable[[str], None] = print) -> SweepResul
     metrics = dict(best.metrics or {})
     best_params = {k: best.config[k] for k in cfg.space}
     checkpoint = metrics.get("checkpoint_path")
-    if checkpoint and loc.is_s3 and not str(checkpoint).startswith("s3://"):
-        checkpoint = "s3://" + str(checkpoint)
+    if checkpoint:
+        checkpoint = storage.as_uri(cfg.job.storage_path, str(checkpoint))
     log(f"[sweep] best {cfg.metric}={metrics.get(cfg.metric)} with {best_params}; checkpoint {checkpoint}")
     registration, done_before = _register_best(cfg, job, base, parent, best_params, checkpoint, metrics, log)
     if parent is not None:
@@ -196,7 +195,6 @@ def _tuner(
     parent: str | None,
     changed: Sequence[str],
     max_t: int,
-    loc: Any,
     sweep_path: str,
     log: Callable[[str], None],
 ) -> Any:
@@ -208,12 +206,9 @@ def _tuner(
     import ray.tune
     from ray.tune.search import BasicVariantGenerator
 
-    from pipelines import storage
-
     scheduler = _scheduler(cfg, max_t)
     trainable = ray.tune.with_resources(_trial, {"CPU": 0.01})  # the trial only drives its TorchTrainer (0 is refused)
-    exp_loc = storage.resolve(sweep_path)  # Tune's experiment folder: storage_path/name
-    experiment, fs = exp_loc.path, (loc.fs if loc.is_s3 else None)
+    experiment, fs = ray_storage(sweep_path)  # Tune's experiment folder: storage_path/name
     if ray.tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"[sweep] {cfg.name}: resuming the interrupted sweep in {sweep_path} (finished trials are kept)")
         if changed:
@@ -237,7 +232,7 @@ def _tuner(
         ),
         run_config=ray.tune.RunConfig(
             name=cfg.name,
-            storage_path=loc.path if loc.is_s3 else loc.uri,
+            storage_path=ray_storage(cfg.job.storage_path)[0],
             storage_filesystem=fs,
         ),
     )

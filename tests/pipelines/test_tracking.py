@@ -55,7 +55,8 @@ def test_sweep_trials_are_nested_and_ended_with_their_status(uri) -> None:
         for t in ("a", "b", "c", "d", "e")
     }
     tracking.end_run(uri, runs["a"], "FINISHED")  # its fit() returned; b was stopped by ASHA; c never reported
-    # b's process, torn down by the scheduler mid-fit, may end its run FAILED before it dies: the driver's verdict wins
+    # b was left FAILED by its process (before trial processes left their runs open on an error, one torn down by the
+    # scheduler mid-fit ended its run so): Tune's verdict wins
     tracking.end_run(uri, runs["b"], "FAILED", tags={tracking.ERROR_TAG: "actor died"})
     # e finished just before the sweep was killed; the restored sweep ran it again, it resumed at its last step and
     # reported nothing, so Tune counts it as stopped early: its own FINISHED stands
