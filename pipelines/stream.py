@@ -53,6 +53,8 @@ class ClipConfig:
         reverse_prob: probability of reversing the clip's frame order; None (default): the official 0.3 for the
             augmenting recipes and 0 for ``none`` and ``resize``, whose clips keep the stored frame order (a reversed
             clip turns "moving left" into a clip that moves right).
+        expressions_per_clip: each clip also carries up to ``expressions_per_clip - 1`` expressions of other objects
+            of its video as referrals (``sgmg.data.sampler.pick_referrals``); 1: one expression per clip (official).
     """
 
     num_frames: int = 5
@@ -63,12 +65,13 @@ class ClipConfig:
     max_tries: int = 10
     max_size: int = 640
     reverse_prob: float | None = None
+    expressions_per_clip: int = 1
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe {self.recipe!r}: expected one of {RECIPES}")
-        if self.num_frames < 1 or self.epochs < 1 or self.max_tries < 1:
-            raise ValueError(f"num_frames, epochs and max_tries must be >= 1: {self}")
+        if min(self.num_frames, self.epochs, self.max_tries, self.expressions_per_clip) < 1:
+            raise ValueError(f"num_frames, epochs, max_tries and expressions_per_clip must be >= 1: {self}")
         if self.reverse_prob is not None and not 0.0 <= self.reverse_prob <= 1.0:
             raise ValueError(f"reverse_prob must be in [0, 1] or None, got {self.reverse_prob}")
 
@@ -80,17 +83,18 @@ class ClipConfig:
         return 0.0 if self.recipe in ("none", "resize") else REVERSE_PROB
 
 
-def _rng(cfg: ClipConfig, epoch: int, video_id: str, exp_id: str, anchor: int) -> np.random.Generator:
+def _rng(cfg: ClipConfig, epoch: int, video_id: str, exp_id: str, anchor: int, purpose: int = 0) -> np.random.Generator:
     if cfg.seed is None:
         return np.random.default_rng()
     key = [cfg.seed, epoch, zlib.crc32(video_id.encode()), zlib.crc32(exp_id.encode()), anchor + 1]  # anchor >= -1
-    return np.random.default_rng(key)
+    return np.random.default_rng(key + [purpose] if purpose else key)
 
 
-def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) -> ClipSample | None:
+def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig, also: tuple = ()) -> ClipSample | None:
     """One clip of ``(row, exp)`` around ``anchor`` (:func:`sgmg.data.sampler.sample_clip`, decoding only the frames
-    it needs); None when the object is not visible in any try."""
+    it needs), with the expressions ``also`` as its referrals; None when ``exp``'s object is not visible in any try."""
     from sgmg.data.sampler import sample_clip
+    from sgmg.data.schema import Referral
 
     n = len(row["frame_ids"])
     obj_ids = [int(o) for o in row["obj_ids"]]
@@ -105,7 +109,7 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
         pos = [uniq.index(i) for i in idx]
         return ClipSample(
             frames=shards.decode_frames(row["frames"], uniq)[pos],  # [t, H, W, 3]
-            masks=shards.row_masks(row, exp.obj_ids, uniq)[:, pos],  # [O, t, H, W]
+            masks=shards.row_masks(row, [o for e in (exp, *also) for o in e.obj_ids], uniq)[:, pos],  # [O, t, H, W]
             expression=exp.text,
             video_id=row["video_id"],
             exp_id=exp.exp_id,
@@ -118,6 +122,7 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
                 "anchor": anchor,
                 "frame_indices": idx,
             },
+            referrals=tuple(Referral(e.text, e.exp_id, tuple(e.obj_ids)) for e in also),
         )
 
     return sample_clip(
@@ -136,18 +141,21 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig) ->
 
 def clips_of_row(row: dict, cfg: ClipConfig) -> Iterator[ClipSample]:
     """Every clip of one shard row (a video): per epoch, per expression with ground truth, per anchor."""
-    from sgmg.data.sampler import clip_anchors
+    from sgmg.data.sampler import clip_anchors, pick_referrals
 
     if not row["has_gt"]:
         return
     n = len(row["frame_ids"])
     anchors = clip_anchors(n, cfg.num_frames) if cfg.anchored else None
+    exps = shards.row_expressions(row)
     for epoch in range(cfg.epochs):
-        for exp in shards.row_expressions(row):
+        for exp in exps:
             if not exp.obj_ids:
                 continue
             for anchor in anchors or [int(_rng(cfg, epoch, row["video_id"], exp.exp_id, -1).integers(n))]:
-                clip = _draw_clip(row, exp, anchor, epoch, cfg)
+                rng = _rng(cfg, epoch, row["video_id"], exp.exp_id, anchor, purpose=1)
+                also = pick_referrals(exps, exp, cfg.expressions_per_clip - 1, rng)
+                clip = _draw_clip(row, exp, anchor, epoch, cfg, also)
                 if clip is not None:
                     yield clip
 

@@ -184,7 +184,12 @@ def _train_dataset(job: RayTrainJob) -> Any:
 
     cfg = job.train
     clip = stream.ClipConfig(
-        num_frames=cfg.data.num_frames, recipe=job.recipe, seed=None, anchored=False, max_size=cfg.data.max_size
+        num_frames=cfg.data.num_frames,
+        recipe=job.recipe,
+        seed=None,
+        anchored=False,
+        max_size=cfg.data.max_size,
+        expressions_per_clip=cfg.data.expressions_per_clip,
     )
     return stream.clip_dataset(job.shards, clip, num_cpus=job.data_cpus, shuffle_files=True)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sgmg.data.datasets.base import DatasetReader
-from sgmg.data.sampler import RECIPES, clip_anchors, sample_clip
+from sgmg.data.sampler import RECIPES, clip_anchors, pick_referrals, sample_clip
 from sgmg.data.schema import ClipSample, VideoRecord
 from sgmg.data.transforms import EVAL_SHORT_SIDE, REVERSE_PROB, VIDEO_MAX_SIZE
 
@@ -28,11 +28,14 @@ class ClipDataset(torch.utils.data.Dataset):
         recipe: one of :data:`sgmg.data.sampler.RECIPES`: ``"video"`` (official video augmentation), ``"image"``
             (RefCOCO recipe), ``"resize"`` (no augmentation: short side ``size``, long side at most ``max_size``; quick
             CPU runs) or ``"none"``.
-        seed: base seed; item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i, attempt])``.
+        seed: base seed; item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i, attempt])`` (its referrals
+            from a generator of their own).
         size: short side of the ``"resize"`` recipe.
         max_size: cap on the long side.
         reverse_prob: probability of reversing a clip's frame order (official: 0.3).
         max_tries: items tried before giving up (then ``RuntimeError``).
+        expressions_per_clip: the clip's own expression and up to this many minus one expressions of other objects
+            of its video (:func:`sgmg.data.sampler.pick_referrals`) as referrals; 1: official.
 
     Raises:
         ValueError: unknown recipe, or a split without ground truth / without any referred object.
@@ -48,6 +51,7 @@ class ClipDataset(torch.utils.data.Dataset):
         max_size: int = VIDEO_MAX_SIZE,
         reverse_prob: float = REVERSE_PROB,
         max_tries: int = 20,
+        expressions_per_clip: int = 1,
     ) -> None:
         if recipe not in RECIPES:
             raise ValueError(f"recipe {recipe!r}: expected one of {RECIPES}")
@@ -59,6 +63,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.max_size = max_size
         self.reverse_prob = reverse_prob
         self.max_tries = max_tries
+        self.expressions_per_clip = expressions_per_clip
         self.epoch = 0
         self.records: list[VideoRecord] = reader.list_videos()
         self.items: list[tuple[int, int, int]] = [
@@ -81,10 +86,14 @@ class ClipDataset(torch.utils.data.Dataset):
     def _try(self, index: int, rng: np.random.Generator) -> ClipSample | None:
         r, e, anchor = self.items[index]
         record, exp = self.records[r], self.records[r].expressions[e]
+        referral_rng = np.random.default_rng(
+            [self.seed, self.epoch, index, 1 << 20]
+        )  # the clip's draws stay as they are
+        also = pick_referrals(record.expressions, exp, self.expressions_per_clip - 1, referral_rng)
 
         def load(idx: list[int]) -> ClipSample:
             uniq = sorted(set(idx))
-            sample = self.reader.load_video(record, frame_indices=uniq).sample(exp)
+            sample = self.reader.load_video(record, frame_indices=uniq).sample(exp, also)
             pos = [uniq.index(i) for i in idx]
             return replace(
                 sample,

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgmg.data.schema import ClipBatch, ClipSample, VideoTarget
+from sgmg.data.schema import ClipBatch, ClipSample, Referral, VideoTarget
 from sgmg.data.transforms import masks_to_boxes, normalize_caption, normalize_frames
 
-ARRAY_COLUMNS = ("frames", "masks", "expression", "video_id", "exp_id", "frame_ids", "obj_ids", "meta")
+ARRAY_COLUMNS = ("frames", "masks", "expression", "video_id", "exp_id", "frame_ids", "obj_ids", "meta", "referrals")
 
 
 def _round_up(x: int, m: int) -> int:
@@ -35,7 +35,9 @@ def collate_clips(
     Frames are ImageNet-normalised and zero-padded at the bottom/right to the largest size rounded up to
     ``pad_multiple`` (32 in training, 16 at inference); ``pad_mask`` is True on padding. Masks are padded the same way;
     boxes (normalised cxcywh of the *unpadded* size) come from the masks. Samples without masks (O = 0, e.g. inference)
-    give ``targets=None`` when all samples lack them.
+    give ``targets=None`` when all samples lack them. A sample with referrals (several expressions over one clip)
+    gives one row of ``input_ids``, ``targets`` and ``meta`` per expression and one row of ``video`` for the clip;
+    ``video_index`` maps the former to the latter.
 
     Args:
         samples: clips of the same length T.
@@ -61,35 +63,27 @@ def collate_clips(
     pad_mask = torch.ones(b, hp, wp, dtype=torch.bool)  # [B, H, W]
     with_gt = any(s.masks.shape[0] > 0 for s in samples)
     targets: list[VideoTarget] | None = [] if with_gt else None
-    meta = []
-    for i, s in enumerate(samples):
-        h, w = s.frames.shape[1:3]
-        video[i, :, :, :h, :w] = normalize_frames(s.frames)
+    meta, texts, video_index = [], [], []
+    for i, clip in enumerate(samples):
+        h, w = clip.frames.shape[1:3]
+        video[i, :, :, :h, :w] = normalize_frames(clip.frames)
         pad_mask[i, :h, :w] = False
-        if targets is not None:
-            o = s.masks.shape[0]
-            masks = torch.zeros(o, t, hp, wp)  # [O, T, H, W]
-            masks[:, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(s.masks)).float()
-            targets.append(
-                VideoTarget(
-                    masks=masks,
-                    boxes=torch.from_numpy(masks_to_boxes(s.masks)),  # [O, T, 4]
-                    valid=torch.from_numpy(np.ascontiguousarray(s.valid)),  # [O, T]
-                    size=(int(h), int(w)),
-                )
+        for s in clip.per_expression():  # the clip's own expression, then its referrals
+            video_index.append(i)
+            texts.append(normalize_caption(s.expression) if normalize_text else s.expression)
+            if targets is not None:
+                targets.append(_target(s, t, hp, wp))
+            meta.append(
+                {
+                    **s.meta,
+                    "video_id": s.video_id,
+                    "exp_id": s.exp_id,
+                    "frame_ids": list(s.frame_ids),
+                    "obj_ids": list(s.obj_ids),
+                    "size": (int(h), int(w)),
+                    "caption": s.expression,
+                }
             )
-        meta.append(
-            {
-                **s.meta,
-                "video_id": s.video_id,
-                "exp_id": s.exp_id,
-                "frame_ids": list(s.frame_ids),
-                "obj_ids": list(s.obj_ids),
-                "size": (int(h), int(w)),
-                "caption": s.expression,
-            }
-        )
-    texts = [normalize_caption(s.expression) if normalize_text else s.expression for s in samples]
     tok = tokenizer(
         texts, padding="longest", truncation=max_text_len is not None, max_length=max_text_len, return_tensors="pt"
     )
@@ -100,6 +94,20 @@ def collate_clips(
         attention_mask=tok["attention_mask"].long(),
         targets=targets,
         meta=meta,
+        video_index=torch.tensor(video_index) if len(video_index) > b else None,
+    )
+
+
+def _target(s: ClipSample, t: int, hp: int, wp: int) -> VideoTarget:
+    """The training target of a single-expression sample on the ``[hp, wp]`` padded grid."""
+    h, w = s.frames.shape[1:3]
+    masks = torch.zeros(s.masks.shape[0], t, hp, wp)  # [O, T, H, W]
+    masks[:, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(s.masks)).float()
+    return VideoTarget(
+        masks=masks,
+        boxes=torch.from_numpy(masks_to_boxes(s.masks)),  # [O, T, 4]
+        valid=torch.from_numpy(np.ascontiguousarray(s.valid)),  # [O, T]
+        size=(int(h), int(w)),
     )
 
 
@@ -107,7 +115,7 @@ def sample_to_arrays(sample: ClipSample) -> dict[str, Any]:
     """One sample as plain numpy/str columns (Ray Data friendly, see :data:`ARRAY_COLUMNS`).
 
     ``frames`` uint8 ``[T, H, W, 3]``, ``masks`` uint8 ``[O, T, H, W]``, ``frame_ids`` str ``[T]``, ``obj_ids`` int64
-    ``[O]``, ``meta`` a JSON string; the rest are str.
+    ``[O]``, ``meta`` and ``referrals`` (``[[expression, exp_id, [obj_id, ...]], ...]``) JSON strings; the rest are str.
     """
     return {
         "frames": np.ascontiguousarray(sample.frames, dtype=np.uint8),
@@ -118,6 +126,7 @@ def sample_to_arrays(sample: ClipSample) -> dict[str, Any]:
         "frame_ids": np.asarray(sample.frame_ids, dtype=str),
         "obj_ids": np.asarray(sample.obj_ids, dtype=np.int64),
         "meta": json.dumps(sample.meta, sort_keys=True, default=str),
+        "referrals": json.dumps([[r.expression, r.exp_id, [int(o) for o in r.obj_ids]] for r in sample.referrals]),
     }
 
 
@@ -129,7 +138,7 @@ def arrays_to_sample(row: Mapping[str, Any]) -> ClipSample:
             v = v.item()
         return v.decode() if isinstance(v, bytes) else str(v)
 
-    meta = row.get("meta")
+    meta, referrals = row.get("meta"), row.get("referrals")
     return ClipSample(
         frames=np.asarray(row["frames"], dtype=np.uint8),
         masks=np.asarray(row["masks"]).astype(bool),
@@ -139,6 +148,11 @@ def arrays_to_sample(row: Mapping[str, Any]) -> ClipSample:
         frame_ids=[text(f) for f in np.asarray(row["frame_ids"]).reshape(-1)],
         obj_ids=[int(o) for o in np.asarray(row["obj_ids"]).reshape(-1)],
         meta=json.loads(text(meta)) if meta is not None else {},
+        referrals=tuple(
+            Referral(e, x, tuple(int(o) for o in objs)) for e, x, objs in json.loads(text(referrals) or "[]")
+        )
+        if referrals is not None
+        else (),
     )
 
 

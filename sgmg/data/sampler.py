@@ -14,13 +14,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from sgmg.data.schema import ClipSample
+from sgmg.data.schema import ClipSample, Expression
 from sgmg.data.transforms import (
     EVAL_SHORT_SIDE,
     REVERSE_PROB,
     VIDEO_MAX_SIZE,
     augment_image,
     augment_video,
+    map_texts,
     normalize_caption,
     resize_short_side,
 )
@@ -34,6 +35,24 @@ masks exactly as loaded (caption not normalised)."""
 def clip_anchors(num_video_frames: int, num_frames: int) -> list[int]:
     """Anchor frames of the samples of one (video, expression): ``0, num_frames, 2*num_frames, ...``."""
     return list(range(0, num_video_frames, max(1, num_frames)))
+
+
+def pick_referrals(
+    expressions: Sequence[Expression], exp: Expression, count: int, rng: np.random.Generator
+) -> tuple[Expression, ...]:
+    """Up to ``count`` further expressions of ``exp``'s video to train over the same clip: each refers to another set
+    of objects than ``exp`` and than each other (objects drawn uniformly, then one of their expressions), so the clip's
+    expressions contrast the video's objects. Draws nothing from ``rng`` when ``count`` is 0."""
+    if count <= 0:
+        return ()
+    own = frozenset(exp.obj_ids)
+    by_objects: dict[frozenset[int], list[Expression]] = {}
+    for e in expressions:
+        if e.obj_ids and frozenset(e.obj_ids) != own:
+            by_objects.setdefault(frozenset(e.obj_ids), []).append(e)
+    groups = sorted(by_objects.values(), key=lambda g: sorted(g[0].obj_ids))
+    picked = rng.permutation(len(groups))[:count]
+    return tuple(groups[i][int(rng.integers(len(groups[i])))] for i in picked)
 
 
 def sample_clip_indices(
@@ -98,7 +117,7 @@ def apply_recipe(
     """The caption normalised (lower case, single spaces; before any flip) and the augmentation of ``recipe``."""
     if recipe == "none":
         return clip
-    clip = replace(clip, expression=normalize_caption(clip.expression))
+    clip = map_texts(clip, normalize_caption)
     if recipe == "video":
         return augment_video(clip, rng, max_size)
     if recipe == "image":

@@ -1,12 +1,13 @@
 """Data records shared by datasets, transforms, collate, the loss and the Ray pipelines.
 
 Axis legend: T frames, O referred objects of one expression, H W frame size, S tokens.
-A *sample* is one (video clip, referring expression) pair.
+A *sample* is one (video clip, referring expression) pair, optionally with further expressions of the same video over
+the same clip (:class:`Referral`: training with several expressions per clip shares the clip's visual encoding).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,19 +16,37 @@ if TYPE_CHECKING:  # annotations only: reading datasets (make-synthetic, validat
     from torch import Tensor
 
 
+@dataclass(frozen=True)
+class Referral:
+    """A further expression of a clip's video, trained over the same (augmented) clip as the sample's own.
+
+    Attributes:
+        expression: the referring sentence.
+        exp_id: expression id within the video.
+        obj_ids: source object ids of the objects it refers to.
+    """
+
+    expression: str
+    exp_id: str
+    obj_ids: tuple[int, ...]
+
+
 @dataclass
 class ClipSample:
     """One (clip, expression) pair, as read from disk, before augmentation.
 
     Attributes:
         frames: uint8 ``[T, H, W, 3]`` RGB frames.
-        masks: bool ``[O, T, H, W]`` masks of the referred object(s) (O >= 1; MeViS can refer to several).
+        masks: bool ``[O, T, H, W]`` masks of the referred object(s) (O >= 1; MeViS can refer to several); with
+            ``referrals``, the rows of each referral's objects follow, in order (``[O + sum O_r, T, H, W]``), so that
+            every augmentation moves all of them with the frames.
         expression: the referring sentence.
         video_id: source video id.
         exp_id: expression id within the video.
         frame_ids: names of the frames (e.g. ``"00005"``), length T.
         obj_ids: source object ids of the O referred objects.
         meta: free-form provenance (dataset name, split, file names).
+        referrals: further expressions of the video over this clip (training with several expressions per clip).
     """
 
     frames: np.ndarray
@@ -38,11 +57,40 @@ class ClipSample:
     frame_ids: list[str]
     obj_ids: list[int]
     meta: dict = field(default_factory=dict)
+    referrals: tuple[Referral, ...] = ()
 
     @property
     def valid(self) -> np.ndarray:
-        """bool ``[O, T]``: the object is visible in the frame."""
-        return self.masks.reshape(self.masks.shape[0], self.masks.shape[1], -1).any(-1)
+        """bool ``[O, T]``: the object is visible in the frame (the sample's own expression's objects)."""
+        own = self.masks[: len(self.obj_ids)] if self.referrals else self.masks
+        return own.reshape(own.shape[0], own.shape[1], -1).any(-1)
+
+    def per_expression(self) -> list[ClipSample]:
+        """One single-expression sample per expression of the clip (the own one first); frames are shared, masks are
+        row slices (views, no copy). ``[self]`` without referrals."""
+        if not self.referrals:
+            return [self]
+        parts, start = [], 0
+        for text, exp_id, obj_ids in [(self.expression, self.exp_id, tuple(self.obj_ids))] + [
+            (r.expression, r.exp_id, r.obj_ids) for r in self.referrals
+        ]:
+            end = start + len(obj_ids)
+            parts.append(
+                replace(
+                    self,
+                    masks=self.masks[start:end],
+                    expression=text,
+                    exp_id=exp_id,
+                    obj_ids=list(obj_ids),
+                    referrals=(),
+                )
+            )
+            start = end
+        if start != self.masks.shape[0]:
+            raise ValueError(
+                f"{self.video_id}/{self.exp_id}: masks has {self.masks.shape[0]} rows, the expressions' objects {start}"
+            )
+        return parts
 
 
 @dataclass
@@ -73,6 +121,9 @@ class ClipBatch:
         attention_mask: long ``[B, S]``, 1 at real tokens.
         targets: one :class:`VideoTarget` per video, or None at inference.
         meta: one dict per video (video_id, exp_id, frame_ids, original size, ...).
+        video_index: long ``[N]``, the clip (row of ``video``) each of the N expressions refers to, when clips carry
+            several expressions (then ``input_ids``, ``attention_mask``, ``targets`` and ``meta`` have N rows);
+            None: one expression per clip (N = B).
     """
 
     video: Tensor
@@ -81,6 +132,7 @@ class ClipBatch:
     attention_mask: Tensor
     targets: list[VideoTarget] | None = None
     meta: list[dict] = field(default_factory=list)
+    video_index: Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> ClipBatch:
         """Move every tensor to ``device``."""
@@ -92,7 +144,13 @@ class ClipBatch:
         if self.targets is not None:
             targets = [VideoTarget(mv(t.masks), mv(t.boxes), mv(t.valid), t.size) for t in self.targets]
         return ClipBatch(
-            mv(self.video), mv(self.pad_mask), mv(self.input_ids), mv(self.attention_mask), targets, self.meta
+            mv(self.video),
+            mv(self.pad_mask),
+            mv(self.input_ids),
+            mv(self.attention_mask),
+            targets,
+            self.meta,
+            None if self.video_index is None else mv(self.video_index),
         )
 
 
@@ -144,9 +202,11 @@ class VideoData:
     masks: np.ndarray
     has_gt: bool = True
 
-    def sample(self, exp: Expression) -> ClipSample:
-        """The (clip, expression) sample of ``exp`` over all frames of the video."""
-        index = [self.obj_ids.index(o) for o in exp.obj_ids] if self.has_gt else []
+    def sample(self, exp: Expression, also: tuple[Expression, ...] = ()) -> ClipSample:
+        """The (clip, expression) sample of ``exp`` over all frames of the video, with the expressions ``also`` as
+        its referrals (their objects' masks stacked after ``exp``'s)."""
+        exps = (exp, *also) if self.has_gt else ()
+        index = [self.obj_ids.index(o) for e in exps for o in e.obj_ids]
         t, h, w = self.frames.shape[:3]
         masks = self.masks[index] if index else np.zeros((0, t, h, w), dtype=bool)
         return ClipSample(
@@ -158,4 +218,5 @@ class VideoData:
             frame_ids=list(self.record.frame_ids),
             obj_ids=list(exp.obj_ids),
             meta={"dataset": self.record.dataset, "split": self.record.split},
+            referrals=tuple(Referral(e.text, e.exp_id, tuple(e.obj_ids)) for e in exps[1:]),
         )

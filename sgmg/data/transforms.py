@@ -30,7 +30,7 @@ ImageNet normalisation (``normalize_frames``) and boxes (``masks_to_boxes``) are
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -213,14 +213,16 @@ def swap_left_right(text: str) -> str:
     return _FLIP_RE.sub(sub, text)
 
 
+def map_texts(sample: ClipSample, fn: Callable[[str], str]) -> ClipSample:
+    """``sample`` with ``fn`` applied to its expression and to those of its referrals."""
+    referrals = tuple(replace(r, expression=fn(r.expression)) for r in sample.referrals)
+    return replace(sample, expression=fn(sample.expression), referrals=referrals)
+
+
 def hflip(sample: ClipSample) -> ClipSample:
-    """Mirror frames and masks left-right and swap left/right words in the expression."""
-    return replace(
-        sample,
-        frames=_flip_last(sample.frames, axis=2),
-        masks=_flip_last(sample.masks, axis=-1),
-        expression=swap_left_right(sample.expression),
-    )
+    """Mirror frames and masks left-right and swap left/right words in the expression(s)."""
+    flipped = replace(sample, frames=_flip_last(sample.frames, axis=2), masks=_flip_last(sample.masks, axis=-1))
+    return map_texts(flipped, swap_left_right)
 
 
 def _flip_last(x: np.ndarray, axis: int) -> np.ndarray:

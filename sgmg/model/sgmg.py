@@ -114,16 +114,19 @@ class SgMg(nn.Module):
         attention_mask: Tensor,
         pad_mask: Tensor | None = None,
         query_selector: QuerySelector | None = None,
+        video_index: Tensor | None = None,
     ) -> SgMgOutput:
         """Segment the referred object: :meth:`encode_video` then :meth:`decode`.
 
         Args:
             video: ``[B, T, 3, H, W]`` ImageNet-normalised frames; padded here to a multiple of 32 (train) or 16 (eval).
-            input_ids: ``[B, S]`` token ids of the text encoder's tokenizer.
-            attention_mask: ``[B, S]`` 1 at tokens, 0 at padding.
+            input_ids: ``[B, S]`` token ids of the text encoder's tokenizer (``[N, S]`` with ``video_index``).
+            attention_mask: ``[B, S]`` 1 at tokens, 0 at padding (``[N, S]`` with ``video_index``).
             pad_mask: optional bool ``[B, H, W]``, True where ``video`` is already padding (bottom/right).
             query_selector: training only; ``(layer, logits [B,T,Q], boxes [B,T,Q,4], masks_low [B,T,Q,H/2,W/2])
                 -> [B, K]`` picks the queries refined for each decoder layer (called under no_grad). None: all Q.
+            video_index: optional long ``[N]``: expression n refers to video ``video_index[n]`` (several expressions
+                per video share its visual encoding); the outputs then have N rows instead of B.
 
         Returns:
             :class:`SgMgOutput`. Eval: ``pred_logits [B,T,Q]``, ``pred_boxes [B,T,Q,4]``, ``best_query [B]``,
@@ -132,14 +135,14 @@ class SgMg(nn.Module):
         """
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
-        b = video.shape[0]
+        b = video.shape[0] if video_index is None else video_index.shape[0]
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or input_ids.shape[0] != b:
             raise ValueError(
-                f"input_ids and attention_mask must both be [B={b}, S], got {tuple(input_ids.shape)} and "
-                f"{tuple(attention_mask.shape)}"
+                f"input_ids and attention_mask must both be [{'B' if video_index is None else 'N'}={b}, S], got "
+                f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
             )
         visual = self.encode_video(video, pad_mask)
-        return self.decode(visual, input_ids, attention_mask, query_selector=query_selector)
+        return self.decode(visual, input_ids, attention_mask, video_index=video_index, query_selector=query_selector)
 
     def encode_video(self, video: Tensor, pad_mask: Tensor | None = None) -> VisualFeatures:
         """The text-independent half: backbone, input projections, padding masks and position embeddings.

@@ -118,6 +118,10 @@ class DataConfig:
         tokenizer: tokenizer folder (see :func:`sgmg.data.tokenizer.load_tokenizer`); None uses the one the model's
             config records (``sgmg_tiny``: the MiniLM package's bert-base-uncased vocabulary).
         batch_size: clips per optimizer micro-step.
+        expressions_per_clip: expressions trained on each clip: its own and up to ``expressions_per_clip - 1``
+            expressions of other objects of the same video (:func:`sgmg.data.sampler.pick_referrals`), all over one
+            visual encoding of the clip. 1: the official recipe. More contrasts the objects of a video for the same
+            pixels, which is what teaches the sentence to pick the object (see ARCHITECTURE.md).
     """
 
     root: str = ""
@@ -128,9 +132,10 @@ class DataConfig:
     max_size: int = 640
     tokenizer: str | None = None
     batch_size: int = 1
+    expressions_per_clip: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "size", "max_size", "batch_size"):
+        for name in ("num_frames", "size", "max_size", "batch_size", "expressions_per_clip"):
             require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
 
 

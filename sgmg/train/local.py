@@ -62,11 +62,12 @@ class ClipStream:
         """Batches per epoch (clips where the object never shows are skipped, so this is an upper bound)."""
         return max(1, len(self.pairs) // self.cfg.data.batch_size)
 
-    def _clip(self, record: Any, exp: Any, rng: np.random.Generator) -> Any:
+    def _clip(self, record: Any, exp: Any, rng: np.random.Generator, referral_rng: np.random.Generator) -> Any:
         from sgmg.data import sampler
 
         data = self.cfg.data
-        video = self.reader.load_video(record).sample(exp)
+        also = sampler.pick_referrals(record.expressions, exp, data.expressions_per_clip - 1, referral_rng)
+        video = self.reader.load_video(record).sample(exp, also)
         if video.masks.shape[0] == 0:
             return None
         if data.augment:
@@ -87,10 +88,11 @@ class ClipStream:
         from sgmg.data.collate import collate_clips
 
         rng = np.random.default_rng([self.cfg.seed, epoch])
+        referral_rng = np.random.default_rng([self.cfg.seed, epoch, 1])  # the clips' draws do not depend on them
         order = rng.permutation(len(self.pairs))
         pending = []
         for i in order:
-            clip = self._clip(*self.pairs[i], rng)
+            clip = self._clip(*self.pairs[i], rng, referral_rng)
             if clip is None:
                 continue
             pending.append(clip)

@@ -148,7 +148,12 @@ def train_step(
     with no_sync:
         with autocast:
             output = model(
-                batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask, query_selector=selector
+                batch.video,
+                batch.input_ids,
+                batch.attention_mask,
+                pad_mask=batch.pad_mask,
+                query_selector=selector,
+                video_index=batch.video_index,
             )
             losses = criterion(output, batch.targets, selector.matches)
         total = losses.total
@@ -267,7 +272,9 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
     was_training = model.training
     try:
         model.eval()
-        out = model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
+        out = model(
+            batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask, video_index=batch.video_index
+        )
         sizes = [tuple(tgt.size) for tgt in batch.targets]
         preds = MaskPostProcessor()(out, sizes, valid_sizes=sizes)  # B x bool [T, h, w], cropped to each video
         per_video = []
@@ -281,7 +288,12 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
             model.train()
             selector = make_query_selector(criterion.matcher, batch.targets)
             train_out = model(
-                batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask, query_selector=selector
+                batch.video,
+                batch.input_ids,
+                batch.attention_mask,
+                pad_mask=batch.pad_mask,
+                query_selector=selector,
+                video_index=batch.video_index,
             )
             loss = float(criterion(train_out, batch.targets, selector.matches).total)
     finally:

@@ -10,7 +10,7 @@ import torch
 
 from sgmg.data.datasets import open_dataset
 from sgmg.data.sampler import sample_clip_indices, train_clip
-from sgmg.data.schema import ClipSample
+from sgmg.data.schema import ClipSample, Expression
 from sgmg.data.transforms import (
     CROP_MAX,
     VIDEO_MAX_SIZE,
@@ -135,6 +135,27 @@ def test_train_clip_on_a_dataset_video(synthetic_root: Path) -> None:
     assert len(clip.meta["frame_indices"]) == 5
     empty = ClipSample(video.frames, np.zeros_like(video.masks), "x", "v", "0", video.frame_ids, [1])
     assert train_clip(empty, np.random.default_rng(0)) is None
+
+
+def test_referrals_move_with_the_clip_and_their_captions_are_flipped(synthetic_root: Path) -> None:
+    """Referrals' masks go through the clip's augmentation with it, their captions are normalised and flipped with
+    it, and the random draws are the ones the clip's own expression alone would get."""
+    reader = open_dataset("ref-youtube-vos", synthetic_root, "train")
+    rec = reader.list_videos()[0]
+    video, exp = reader.load_video(rec), rec.expressions[0]
+    twin = Expression("twin", "The Same Object, on the LEFT", exp.obj_ids)  # its masks are exp's
+    flipped = 0
+    for seed in range(8):
+        clip = train_clip(video.sample(exp, (twin,)), np.random.default_rng(seed), num_frames=3)
+        alone = train_clip(video.sample(exp), np.random.default_rng(seed), num_frames=3)
+        own, ref = clip.per_expression()
+        np.testing.assert_array_equal(own.frames, alone.frames)
+        np.testing.assert_array_equal(own.masks, alone.masks)
+        np.testing.assert_array_equal(ref.masks, own.masks)
+        assert own.expression == alone.expression and ref.exp_id == "twin"
+        assert ref.expression in ("the same object, on the left", "the same object, on the right")
+        flipped += ref.expression.endswith("right")
+    assert 0 < flipped < 8
 
 
 def test_masks_to_boxes() -> None:

@@ -128,6 +128,40 @@ def test_eval_is_deterministic(model: SgMg, inputs: tuple) -> None:
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_several_expressions_per_video_share_its_encoding(model: SgMg, inputs: tuple, training: bool) -> None:
+    """``video_index``: N expressions over B videos give what N rows of repeated videos give, the backbone run B
+    times (training mode without its random layers)."""
+    video, ids, mask = inputs
+    index = torch.tensor([0, 1, 1, 0])
+    ids4, mask4 = torch.cat([ids, ids.flip(0)]), torch.cat([mask, mask.flip(0)])
+    model.train(training)
+    model.text_encoder.eval()  # Hugging Face attention dropout is not a module; the rest trains as it would
+    random_layers = [(m, "p") for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    random_layers += [(m, "dropout") for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    random_layers += [(m, "drop_prob") for m in model.modules() if hasattr(m, "drop_prob")]
+    saved = [getattr(m, name) for m, name in random_layers]
+    for m, name in random_layers:
+        setattr(m, name, 0.0)
+    calls = []
+    encode = model.encode_video
+    try:
+        model.encode_video = lambda v, p=None: calls.append(v.shape[0]) or encode(v, p)
+        with torch.no_grad():
+            shared = model(video, ids4, mask4, video_index=index)
+            repeated = model(video[index], ids4, mask4)
+    finally:
+        del model.encode_video
+        for (m, name), value in zip(random_layers, saved, strict=True):
+            setattr(m, name, value)
+    assert calls == [B, 4]
+    assert shared.pred_logits.shape[0] == 4
+    for x, y in ((shared.pred_logits, repeated.pred_logits), (shared.pred_masks, repeated.pred_masks)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="N=4"):
+        model(video, ids, mask, video_index=index)
+
+
 def test_padding_invariance(model: SgMg, inputs: tuple) -> None:
     video, ids, mask = inputs
     model.eval()

@@ -44,6 +44,35 @@ def test_clips_are_exact_crops_of_the_source(shard) -> None:
         assert clip.valid.any() and clip.expression == exp.text
 
 
+def test_clips_carry_expressions_of_other_objects_of_their_video(shard) -> None:
+    from sgmg.data.collate import batch_to_samples
+    from sgmg.data.datasets import open_dataset
+
+    table, root = shard
+    reader = open_dataset("ref-youtube-vos", root, "train")
+    videos = {r.video_id: reader.load_video(r, max_side=64) for r in reader.list_videos()}
+    rows = table.to_pylist()
+    one = [c for row in rows for c in stream.clips_of_row(row, stream.ClipConfig(num_frames=3, recipe="none", seed=1))]
+    cfg = stream.ClipConfig(num_frames=3, recipe="none", seed=1, expressions_per_clip=3)
+    several = [c for row in rows for c in stream.clips_of_row(row, cfg)]
+    assert [(c.video_id, c.exp_id, c.meta["frame_indices"]) for c in several] == [
+        (c.video_id, c.exp_id, c.meta["frame_indices"]) for c in one
+    ]  # the same clips; the referrals come from their own draws
+    assert any(c.referrals for c in several)
+    for clip in several:
+        video, idx = videos[clip.video_id], clip.meta["frame_indices"]
+        objects = {tuple(e.obj_ids) for e in video.record.expressions if e.obj_ids}
+        assert len(clip.referrals) == min(2, len(objects) - 1)
+        parts = clip.per_expression()
+        assert len({tuple(p.obj_ids) for p in parts}) == len(parts)  # each part refers to other objects
+        for part in parts:
+            exp = next(e for e in video.record.expressions if e.exp_id == part.exp_id)
+            assert part.expression == exp.text
+            np.testing.assert_array_equal(part.masks, video.sample(exp).masks[:, idx])
+    columns = stream.sample_clips(table, asdict(cfg))
+    assert [s.referrals for s in batch_to_samples(columns)] == [c.referrals for c in several]
+
+
 def test_sampling_is_seeded_per_epoch(shard) -> None:
     table, _ = shard
     rows = table.to_pylist()

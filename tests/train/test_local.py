@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,33 @@ def test_clip_stream_batches(synthetic_root: Path) -> None:
         assert min(tgt.size) == 48
     again = next(ClipStream(cfg, WordTokenizer()).forever())[1]
     assert torch.equal(again.video, batch.video)  # deterministic in (seed, epoch)
+
+
+def test_clip_stream_with_several_expressions_per_clip_trains(synthetic_root: Path) -> None:
+    """``expressions_per_clip=2``: the same clips as with 1, each with an expression of another object of its video,
+    one video row per clip and ``video_index``; a real training step of the tiny model takes such a batch."""
+    from sgmg.data.tokenizer import load_tokenizer
+    from sgmg.loss.criterion import build_criterion
+    from sgmg.train.optim import build_optimizer
+    from sgmg.train.step import NonFiniteGuard, train_step
+    from sgmg.zoo import build_model
+
+    data = DataConfig(root=str(synthetic_root), num_frames=2, augment=False, size=64, batch_size=2)
+    torch.manual_seed(0)
+    model = build_model("sgmg_tiny")
+    tokenizer = load_tokenizer(model.config.text.tokenizer_source)
+    one = next(ClipStream(TrainConfig(data=data), tokenizer).forever())[1]
+    cfg = TrainConfig(data=dataclasses.replace(data, expressions_per_clip=2))
+    batch = next(ClipStream(cfg, tokenizer).forever())[1]
+    assert torch.equal(batch.video, one.video)  # the clips' own draws do not change
+    assert batch.video_index.tolist() == [0, 0, 1, 1]  # synthetic videos have 2-4 objects
+    assert [m["exp_id"] for m in batch.meta[::2]] == [m["exp_id"] for m in one.meta]
+    assert all(a["obj_ids"] != b["obj_ids"] for a, b in zip(batch.meta[::2], batch.meta[1::2], strict=True))
+    opt = build_optimizer(model, cfg.optim)
+    metrics = train_step(model, build_criterion(cfg.loss), batch, opt, nonfinite=NonFiniteGuard(1))
+    assert metrics.stepped and math.isfinite(metrics.loss)
+    with pytest.raises(ValueError, match="expressions_per_clip"):
+        DataConfig(expressions_per_clip=0)
 
 
 def test_clip_stream_rejects_missing_root() -> None:

@@ -30,7 +30,10 @@ class ToyModel(nn.Module):
         attention_mask: Tensor,
         pad_mask: Tensor | None = None,
         query_selector=None,
+        video_index: Tensor | None = None,
     ) -> SgMgOutput:
+        if video_index is not None:  # several expressions per clip: the clip's rows repeated
+            video = video[video_index]
         b, t, _, h, w = video.shape
         q = self.num_queries
         masks = self.visual_encoder(video.flatten(0, 1)).view(b, t, q, h, w)  # [B, T, Q, H, W]
