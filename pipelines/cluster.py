@@ -84,26 +84,31 @@ def _exit_on_sigterm() -> Any:
 # Ray Data's AutoscalingCoordinator, a named detached actor that splits the cluster's resources between the Ray Train
 # runs and the Ray Data executions on it (Ray 2.60: ray.data._internal.cluster_autoscaler).
 _COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
-TRAIN_REQUESTER_PREFIX = "train-"  # Train V2 registers a run as "train-<run id>"
+LEFTOVER_PREFIXES = ("train-", "data-")  # Train V2: "train-<run id>"; Ray Data: "data-<execution id>"
 
 
-def _train_requesters(coordinator: Any) -> list[str]:  # runs inside the coordinator actor (``__ray_call__``)
-    return [str(r) for r in coordinator._ongoing_reqs if str(r).startswith(TRAIN_REQUESTER_PREFIX)]
+def _leftover_requesters(coordinator: Any) -> list[str]:  # runs inside the coordinator actor (``__ray_call__``)
+    return [str(r) for r in coordinator._ongoing_reqs if str(r).startswith(LEFTOVER_PREFIXES)]
 
 
-def release_train_reservations(timeout_s: float = 10.0) -> list[str]:
-    """Cancel every Ray Train run's resource request held by Ray Data's AutoscalingCoordinator; returns their ids.
+def release_leftover_reservations(timeout_s: float = 10.0) -> list[str]:
+    """Cancel every Ray Train run's and Ray Data execution's resource request held by Ray Data's
+    AutoscalingCoordinator; returns their ids.
 
-    Why: Ray Train V2 registers each run's worker resources with the coordinator and cancels the request only when its
-    controller shuts down cleanly. A Tune trial's controller goes down with the trial's actor (ASHA's stop, and even a
-    finished trial), so its request outlives it for 180 s. The coordinator gives Ray Data only what no request holds:
-    two such leftovers on a 2-CPU cluster left the next trial's clip stream a budget of 0 CPUs, and training waited
-    for clips until they expired (a 2 min 10 s stall at step 80 of the demo sweep's third trial, `Cluster resources
-    are not enough to run any task from TaskPoolMapOperator[MapBatches(_clips_of_ranges)]` in Ray Data's log).
+    Why: Ray Train V2 registers each run's worker resources with the coordinator, and each Ray Data execution its
+    share of what is left; both cancel their request only when they shut down cleanly (Train's controller, Data's
+    executor). A Tune trial's controller and its stream's executor (in its ``SplitCoordinator``) go down with the
+    trial's actor (ASHA's stop, and even a finished trial), so their requests outlive them for 180 s, never refreshed.
+    The coordinator gives a Ray Data execution only what no Train request holds, shared with every other Data
+    request: the leftovers of earlier trials left the next trial's clip stream a budget of 0 CPUs, and training waited
+    for clips until they expired (a 2 min stall around step 80 of the demo sweep's third trial, `Cluster resources
+    are not enough to run any task from TaskPoolMapOperator[MapBatches(_clips_of_ranges)]` in Ray Data's log; seen
+    first with two dead Train requests, then, once those were released, with a dead trial's Data request).
 
-    Call it only when no Train run is live on the cluster: a live run's controller sends its request again every 20 s,
-    so one cancelled by mistake is back within that time. Does nothing (returns []) when the coordinator is not there
-    (no Ray Data execution yet) or does not answer.
+    Call it before a trial starts its own run. A live run or execution elsewhere on the cluster (a concurrent trial)
+    loses its request only for a moment: Train's controller sends it again every 20 s, Data's executor every few
+    seconds. Does nothing (returns []) when the coordinator is not there (no Ray Data execution yet) or does not
+    answer.
     """
     import logging
 
@@ -114,9 +119,9 @@ def release_train_reservations(timeout_s: float = 10.0) -> list[str]:
     except ValueError:
         return []
     try:
-        ids = ray.get(coordinator.__ray_call__.remote(_train_requesters), timeout=timeout_s)
+        ids = ray.get(coordinator.__ray_call__.remote(_leftover_requesters), timeout=timeout_s)
         ray.get([coordinator.cancel_request.remote(i) for i in ids], timeout=timeout_s)
     except Exception as exc:  # an internal of Ray's: never fail a sweep over it
-        logging.getLogger(__name__).warning("could not release Ray Train's leftover resource requests: %s", exc)
+        logging.getLogger(__name__).warning("could not release leftover resource requests: %s", exc)
         return []
     return ids

@@ -58,7 +58,7 @@ class DemoSize:
     size: tuple[int, int] = (144, 192)
     trials: int = 3
     trial_steps: int = 150
-    train_steps: int = 2000
+    train_steps: int = 1700
     checkpoint_every: int = 50
 
 

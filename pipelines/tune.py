@@ -48,11 +48,11 @@ def _trial(config: dict[str, Any]) -> None:
     params = {k: v for k, v in config.items() if k not in (BASE_KEY, PARENT_KEY)}
     trial_id = ctx.get_trial_id()
     job = trial_job(base, params, f"{base['name']}-{trial_id}")
-    # the Train runs of earlier trials leave resource requests behind that starve this trial's clip stream (see
-    # release_train_reservations); a concurrent trial's own request, if cancelled too, is sent again within 20 s
-    released = cluster.release_train_reservations()
+    # earlier trials' Train runs and clip streams leave resource requests behind that starve this trial's clip stream
+    # (see release_leftover_reservations); a concurrent trial's own, if cancelled too, is sent again within 20 s
+    released = cluster.release_leftover_reservations()
     if released:
-        print(f"[sweep] released {len(released)} resource request(s) left by earlier trials' Train runs", flush=True)
+        print(f"[sweep] released {len(released)} resource request(s) left by earlier trials: {released}", flush=True)
     train.fit(
         job,
         log=lambda m: print(m, flush=True),

@@ -19,10 +19,10 @@ def test_a_local_cluster_names_its_own_dashboard_for_the_state_api() -> None:
 
 
 @pytest.mark.integration
-def test_leftover_train_requests_are_released_and_ray_data_gets_the_cpus_back(ray_cluster) -> None:
-    """Two dead Train runs' requests in Ray Data's AutoscalingCoordinator (what Tune trials leave behind) hold the
-    cluster's CPUs, so a Ray Data execution's leftover share has none; releasing them gives the CPUs back, and
-    the Data requester is left alone."""
+def test_leftover_requests_are_released_and_ray_data_gets_the_cpus_back(ray_cluster) -> None:
+    """Two dead Train runs' requests and a dead Data execution's in Ray Data's AutoscalingCoordinator (what Tune
+    trials leave behind) hold the cluster's CPUs, so a new Ray Data execution's leftover share has none; releasing them
+    gives it the CPUs back, and a live execution that sends its request again gets its share again."""
     import ray
     from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
         get_or_create_autoscaling_coordinator,
@@ -32,14 +32,24 @@ def test_leftover_train_requests_are_released_and_ray_data_gets_the_cpus_back(ra
     cpus = ray.cluster_resources()["CPU"]
     for run in ("dead1", "dead2"):
         ray.get(coordinator.request_resources.remote(f"train-{run}", [{"CPU": cpus / 2}], expire_after_s=180))
-    ray.get(coordinator.request_resources.remote("data-x", [], expire_after_s=180, request_remaining=["CPU"]))
 
-    def data_cpus() -> float:
-        reserved = ray.get(coordinator.get_reserved_resources.remote("data-x", recompute=True))
+    def data_request(name: str) -> None:
+        ray.get(coordinator.request_resources.remote(name, [], expire_after_s=180, request_remaining=["CPU"]))
+
+    def data_cpus(name: str) -> float:
+        reserved = ray.get(coordinator.get_reserved_resources.remote(name, recompute=True))
         return sum(r.get("CPU", 0.0) for r in reserved.values())
 
-    assert data_cpus() == 0.0
-    assert sorted(cluster.release_train_reservations()) == ["train-dead1", "train-dead2"]
-    assert data_cpus() == cpus
-    assert cluster.release_train_reservations() == []
-    ray.get(coordinator.cancel_request.remote("data-x"))
+    data_request("data-dead")
+    data_request("data-new")
+    assert data_cpus("data-new") == 0.0
+    for run in ("dead1", "dead2"):  # with the Train leftovers gone, the dead execution still takes its share
+        ray.get(coordinator.cancel_request.remote(f"train-{run}"))
+    assert data_cpus("data-new") < cpus
+    for run in ("dead1", "dead2"):
+        ray.get(coordinator.request_resources.remote(f"train-{run}", [{"CPU": cpus / 2}], expire_after_s=180))
+    assert sorted(cluster.release_leftover_reservations()) == ["data-dead", "data-new", "train-dead1", "train-dead2"]
+    data_request("data-new")  # a live execution sends its request again
+    assert data_cpus("data-new") == cpus
+    assert cluster.release_leftover_reservations() == ["data-new"]
+    assert cluster.release_leftover_reservations() == []
