@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from sgmg.data.schema import ClipBatch
 from sgmg.loss.criterion import SgMgCriterion
 from sgmg.loss.matcher import make_query_selector
+from sgmg.model.outputs import SgMgOutput
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,18 @@ class StepMetrics:
     nonfinite_total: int = 0
 
 
+def _forward(model: nn.Module, batch: ClipBatch, query_selector: Callable | None = None) -> SgMgOutput:
+    """The model on a collated batch (one or several expressions per clip: ``batch.video_index``)."""
+    return model(
+        batch.video,
+        batch.input_ids,
+        batch.attention_mask,
+        pad_mask=batch.pad_mask,
+        query_selector=query_selector,
+        video_index=batch.video_index,
+    )
+
+
 def _trainable(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
 
@@ -147,14 +161,7 @@ def train_step(
     no_sync = model.no_sync() if not boundary and hasattr(model, "no_sync") else nullcontext()
     with no_sync:
         with autocast:
-            output = model(
-                batch.video,
-                batch.input_ids,
-                batch.attention_mask,
-                pad_mask=batch.pad_mask,
-                query_selector=selector,
-                video_index=batch.video_index,
-            )
+            output = _forward(model, batch, selector)
             losses = criterion(output, batch.targets, selector.matches)
         total = losses.total
         loss_value = float(total.detach())
@@ -272,9 +279,7 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
     was_training = model.training
     try:
         model.eval()
-        out = model(
-            batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask, video_index=batch.video_index
-        )
+        out = _forward(model, batch)
         sizes = [tuple(tgt.size) for tgt in batch.targets]
         preds = MaskPostProcessor()(out, sizes, valid_sizes=sizes)  # B x bool [T, h, w], cropped to each video
         per_video = []
@@ -287,14 +292,7 @@ def validation_step(model: nn.Module, batch: ClipBatch, criterion: SgMgCriterion
         if criterion is not None:
             model.train()
             selector = make_query_selector(criterion.matcher, batch.targets)
-            train_out = model(
-                batch.video,
-                batch.input_ids,
-                batch.attention_mask,
-                pad_mask=batch.pad_mask,
-                query_selector=selector,
-                video_index=batch.video_index,
-            )
+            train_out = _forward(model, batch, selector)
             loss = float(criterion(train_out, batch.targets, selector.matches).total)
     finally:
         model.train(was_training)
