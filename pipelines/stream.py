@@ -122,7 +122,7 @@ def _draw_clip(row: dict, exp: Any, anchor: int, epoch: int, cfg: ClipConfig, al
                 "anchor": anchor,
                 "frame_indices": idx,
             },
-            referrals=tuple(Referral(e.text, e.exp_id, tuple(e.obj_ids)) for e in also),
+            referrals=tuple(Referral.of(e) for e in also),
         )
 
     return sample_clip(

@@ -86,9 +86,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def _try(self, index: int, rng: np.random.Generator) -> ClipSample | None:
         r, e, anchor = self.items[index]
         record, exp = self.records[r], self.records[r].expressions[e]
-        referral_rng = np.random.default_rng(
-            [self.seed, self.epoch, index, 1 << 20]
-        )  # the clip's draws stay as they are
+        # the referrals from a generator of their own: the clip's draws stay as they are
+        referral_rng = np.random.default_rng([self.seed, self.epoch, index, 1 << 20])
         also = pick_referrals(record.expressions, exp, self.expressions_per_clip - 1, referral_rng)
 
         def load(idx: list[int]) -> ClipSample:

@@ -30,6 +30,11 @@ class Referral:
     exp_id: str
     obj_ids: tuple[int, ...]
 
+    @classmethod
+    def of(cls, exp: Expression) -> Referral:
+        """The referral of a dataset :class:`Expression`."""
+        return cls(exp.text, exp.exp_id, tuple(exp.obj_ids))
+
 
 @dataclass
 class ClipSample:
@@ -218,5 +223,5 @@ class VideoData:
             frame_ids=list(self.record.frame_ids),
             obj_ids=list(exp.obj_ids),
             meta={"dataset": self.record.dataset, "split": self.record.split},
-            referrals=tuple(Referral(e.text, e.exp_id, tuple(e.obj_ids)) for e in exps[1:]),
+            referrals=tuple(Referral.of(e) for e in exps[1:]),
         )
