@@ -67,6 +67,27 @@ def test_optimizer_is_adamw_with_the_groups() -> None:
     assert opt.param_groups[0]["betas"] == (0.8, 0.9)
 
 
+def test_optimizer_uses_the_fused_kernel_on_cpu_with_the_same_updates() -> None:
+    torch.manual_seed(0)
+    fused_model, plain_model = ToyModel(), ToyModel()
+    plain_model.load_state_dict(fused_model.state_dict())
+    cfg = OptimConfig(lr=1e-2, weight_decay=1e-4)
+    fused = build_optimizer(fused_model, cfg)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = torch.optim.AdamW(
+        param_groups(plain_model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    assert not any(g["fused"] for g in plain.param_groups)
+    for step in range(5):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            grads = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=grads)
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_step_schedule_in_epochs_and_steps() -> None:
     cfg = OptimConfig(lr_milestones=(3, 5))
     assert milestone_steps(cfg, steps_per_epoch=10) == [30, 50]
