@@ -265,7 +265,8 @@ def shard_epochs(
 def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *, rank: int = 0, world: int = 1) -> Any:
     """This rank's share of the validation: ``float64 [sum J, sum F, (video, expression) pairs, sum of clip losses,
     clips]`` over the rows ``rank::world`` of ``job.val_shards`` (one unaugmented clip per pair, the same clips every
-    time). Sums, so the ranks' shares add up to the whole set (:func:`validation_from_sums`).
+    time), ``job.val_batch_size`` clips a forward pass; the loss sum stays 0 without ``job.val_loss``. Sums, so the
+    ranks' shares add up to the whole set (:func:`validation_from_sums`).
 
     Read straight from the shards in this process: no second Ray Data execution competing for CPU slots with the
     training stream. The loss is computed without the criterion's all-reduce of ``num_boxes`` (the ranks' batches
@@ -281,7 +282,8 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
     cfg = job.train
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]
     pending: list[Any] = []
-    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n)
+    local_criterion = build_criterion(cfg.loss, reduce_num_boxes=lambda n: n) if job.val_loss else None
+    batch_size = job.val_batch_size or cfg.data.batch_size
     val_cfg = stream.ClipConfig(
         num_frames=cfg.data.num_frames, recipe="none", seed=0, anchored=False, max_size=cfg.data.max_size
     )
@@ -292,7 +294,7 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
         sums[0] += sum(j for j, _ in m.per_video)
         sums[1] += sum(f for _, f in m.per_video)
         sums[2] += len(m.per_video)
-        sums[3] += m.loss * len(pending)
+        sums[3] += (m.loss or 0.0) * len(pending)
         sums[4] += len(pending)
         pending.clear()
 
@@ -302,15 +304,15 @@ def validation_sums(job: RayTrainJob, model: Any, tokenizer: Any, device: Any, *
     for row in ingested.iter_rows(ranges, stream.CLIP_COLUMNS):
         for clip in stream.clips_of_row(row, val_cfg):
             pending.append(clip)
-            if len(pending) == cfg.data.batch_size:
+            if len(pending) == batch_size:
                 flush()
     if pending:
         flush()
     return torch.tensor(sums, dtype=torch.float64)
 
 
-def validation_from_sums(sums: Any, where: str) -> dict[str, float]:
-    """Mean J, F, J&F and loss from the sums of every rank (:func:`validation_sums`, all-reduced).
+def validation_from_sums(sums: Any, where: str, *, with_loss: bool = True) -> dict[str, float]:
+    """Mean J, F, J&F and (``with_loss``) loss from the sums of every rank (:func:`validation_sums`, all-reduced).
 
     Raises:
         ValueError: the validation ingest ``where`` gave no clip with ground truth.
@@ -319,7 +321,8 @@ def validation_from_sums(sums: Any, where: str) -> dict[str, float]:
     if not pairs:
         raise ValueError(f"the validation ingest {where} gave no clip with ground truth")
     j, f = sum_j / pairs, sum_f / pairs
-    return {"val_j": j, "val_f": f, "val_jf": (j + f) / 2, "val_loss": sum_loss / clips}
+    out = {"val_j": j, "val_f": f, "val_jf": (j + f) / 2}
+    return {**out, "val_loss": sum_loss / clips} if with_loss else out
 
 
 def validation_metrics(
@@ -342,4 +345,4 @@ def validation_metrics(
     sums = validation_sums(job, model, tokenizer, device, rank=rank, world=world)
     if all_reduce is not None:
         sums = all_reduce(sums)
-    return validation_from_sums(sums, str(job.val_shards))
+    return validation_from_sums(sums, str(job.val_shards), with_loss=job.val_loss)

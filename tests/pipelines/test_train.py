@@ -146,6 +146,14 @@ def test_validation_split_over_ranks_equals_one_process(small_ingest) -> None:
     assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=0.05)
     assert 0.0 <= whole["val_jf"] <= 1.0
 
+    # several clips a forward pass, without the loss's second forward: the same J and F, no val_loss
+    batched = dataclasses.replace(job, val_batch_size=3, val_loss=False)
+    fast = train_worker.validation_metrics(batched, model, tokenizer, device)
+    assert set(fast) == {"val_j", "val_f", "val_jf"}
+    assert fast == pytest.approx({k: whole[k] for k in fast}, rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="val_batch_size"):
+        dataclasses.replace(job, val_batch_size=0)
+
 
 def test_checkpoints_ray_train_never_registered_are_deleted(tmp_path) -> None:
     """A worker that dies between storing its checkpoint and the report barrier leaves a folder Ray Train does not
