@@ -178,7 +178,7 @@ class Demo:
         args += [f"storage_path={self.storage.rstrip('/')}/runs", f"tracking.tracking_uri={self.tracking_uri}"]
         args += [f"train.max_steps={s.train_steps}", f"train.init_from={sweep['best_checkpoint']}"]
         args += [f"train.seed={self.seed}", f"train.checkpoint_every={max(1, s.train_steps // 4)}"]
-        args += [f"train.optim.lr_milestones=[{max(1, int(0.8 * s.train_steps))}]"]  # one LR drop, at 80 %
+        args += [f"train.optim.lr_milestones=[{max(1, int(0.9 * s.train_steps))}]"]  # one LR drop, at 90 %
         args += [f"{k}={v}" for k, v in sweep["best_params"].items()]
         self.sgmg("train", args, Progress("training steps", s.train_steps, _STEP))
         return json.loads(summary.read_text())
