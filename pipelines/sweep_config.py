@@ -69,6 +69,12 @@ class SweepConfig:
             not self.metric.startswith("val_") or bool(self.job.val_shards),
             "a metric the trials report; val_* metrics need job.val_shards (an ingest with ground truth)",
         )
+        require(
+            "metric",
+            self.metric,
+            self.metric != "val_loss" or self.job.val_loss,
+            "a metric the trials report; val_loss needs job.val_loss: true",
+        )
         for name in ("num_samples", "grace_period", "max_concurrent_trials"):
             require(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
         require("reduction_factor", self.reduction_factor, self.reduction_factor >= 2, "an integer >= 2")

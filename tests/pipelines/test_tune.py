@@ -45,6 +45,10 @@ def test_sweep_config_validation() -> None:
         sweep_config.trial_job(dataclasses.asdict(cfg.job), {"train.optim.lrr": 1.0}, "t1")
     with pytest.raises(ValueError, match="val_shards"):
         sweep_config.load_sweep(None, ["job.shards=/x", f"space={SPACE}"])
+    with pytest.raises(ValueError, match="val_loss needs job.val_loss"):
+        sweep_config.load_sweep(
+            None, ["job.shards=/x", "job.val_shards=/y", f"space={SPACE}", "metric=val_loss", "job.val_loss=false"]
+        )
     with pytest.raises(ValueError, match="space.train.optim.lr"):
         sweep_config.load_sweep(
             None, ["job.shards=/x", "job.val_shards=/y", 'space={"train.optim.lr": {"normal": [0, 1]}}']
