@@ -137,6 +137,7 @@ def _metrics_row(w: _Worker, info: Any) -> dict[str, float]:
         row["grad_norm"] = metrics.grad_norm
     if info.window is not None:
         row["clips_per_s"] = info.window.clips * w.world / info.window.seconds  # all workers: equal batches each
+        row["data_wait_share"] = info.window.data_share  # this rank's: waiting for the clip stream
         row["nonfinite_total"] = w.trainer.guard.total
     return row
 
@@ -148,7 +149,7 @@ def _log_step(w: _Worker, info: Any) -> None:
     if w.rank == 0:
         print(
             f"[train] step {info.step}/{w.job.train.max_steps} epoch {info.epoch} loss {info.metrics.loss:.4f} "
-            f"lr {info.metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s",
+            f"lr {info.metrics.lr:.2e} {row['clips_per_s']:.2f} clips/s data {row['data_wait_share']:.0%}",
             flush=True,
         )
 

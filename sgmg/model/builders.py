@@ -47,7 +47,13 @@ def build_sgmg(config: SgMgConfig, *, load_pretrained: bool = True) -> SgMg:
     dim = config.transformer.hidden_dim
     tcfg = config.transformer
     text_model = build_text_model(name=config.text.name, pretrained=config.text.pretrained, arch=config.text.arch)
-    text_encoder = TextEncoder(model=text_model, freeze=config.text.freeze, pooling=config.text.sentence_pooling)
+    text_encoder = TextEncoder(
+        model=text_model,
+        freeze=config.text.freeze,
+        pooling=config.text.sentence_pooling,
+        frozen_dropout=config.text.frozen_dropout,
+        cache_size=config.text.feature_cache,
+    )
     sigma = config.fusion.sigma
     fusion = SpectrumGuidedFusion(
         pre=nn.ModuleList(SpectralFilterBlock(channels=dim, sigma=sigma) for _ in range(tcfg.num_feature_levels)),

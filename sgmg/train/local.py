@@ -212,7 +212,7 @@ def train_local(
             f"(score {t.get('loss_ce', float('nan')):.3f} dice {t.get('loss_dice', float('nan')):.3f} "
             f"mask {t.get('loss_mask', float('nan')):.4f}) lr {metrics.lr:.2e} "
             f"grad_norm {grad} nonfinite {trainer.guard.total} | {rate:.2f} step/s "
-            f"{window.clips / window.seconds:.2f} clips/s eta {_fmt_duration(eta)}"
+            f"{window.clips / window.seconds:.2f} clips/s data {window.data_share:.0%} eta {_fmt_duration(eta)}"
         )
 
     def save(info: StepInfo, val: dict[str, float]) -> None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from sgmg.train.schedule import build_scheduler
 from sgmg.train.step import NonFiniteGuard, StepMetrics, train_step
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def build_training_model(cfg: TrainConfig) -> nn.Module:
@@ -65,11 +66,19 @@ class Throughput:
         seconds: wall time (> 0).
         steps: optimizer steps.
         clips: clips trained on by this process.
+        data_seconds: of ``seconds``, the time spent waiting for batches (the input pipeline; a large share means
+            training is input-bound: more decode CPUs or prefetch).
     """
 
     seconds: float
     steps: int
     clips: int
+    data_seconds: float = 0.0
+
+    @property
+    def data_share(self) -> float:
+        """``data_seconds / seconds``."""
+        return self.data_seconds / self.seconds
 
 
 @dataclass(frozen=True)
@@ -207,8 +216,9 @@ class Trainer:
         if self.done:
             return metrics
         window_start, window_steps, window_clips = time.perf_counter(), 0, 0
+        waited = [0.0]  # seconds spent in the batch iterator since window_start
         micro = 0
-        for epoch, batch in batches:
+        for epoch, batch in _timed(batches, waited):
             if epoch != self.epoch:
                 self.epoch, self.epoch_batches = epoch, 0
             self.epoch_batches += 1
@@ -235,11 +245,25 @@ class Trainer:
             info = StepInfo(self.step, epoch, metrics, final=self.done)
             if self.step % cfg.log_every == 0 or info.final:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                info = dataclasses.replace(info, window=Throughput(elapsed, window_steps, window_clips))
+                window = Throughput(elapsed, window_steps, window_clips, min(waited[0], elapsed))
+                info = dataclasses.replace(info, window=window)
                 hooks.log(info)
-                window_start, window_steps, window_clips = time.perf_counter(), 0, 0
+                window_start, window_steps, window_clips, waited[0] = time.perf_counter(), 0, 0, 0.0
             if self.step % cfg.checkpoint_every == 0 or info.final:
                 hooks.checkpoint(info, hooks.validate(info))
             if info.final:
                 break
         return metrics
+
+
+def _timed(batches: Iterable[_T], waited: list[float]) -> Iterator[_T]:
+    """``batches``, adding the seconds each ``next`` takes to ``waited[0]``."""
+    it = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield item

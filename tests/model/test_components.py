@@ -241,3 +241,41 @@ def test_text_encoder_mean_pooling_ignores_padding() -> None:
     assert pad.tolist() == [[False, False, False, True, True], [False] * 5]
     with pytest.raises(ValueError, match="pooling"):
         TextEncoder(model=bert, freeze=True, pooling="max")
+
+
+def test_text_feature_cache_gives_the_encoders_features_once_per_sentence() -> None:
+    from transformers import BertConfig, BertModel
+
+    from sgmg.config import TextEncoderConfig
+    from sgmg.model.text_encoder import TextEncoder
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.5  # train mode would show
+    bert = BertModel(cfg, add_pooling_layer=True)
+    plain = TextEncoder(model=bert, freeze=True, pooling="mean").eval()
+    cached = TextEncoder(model=bert, freeze=True, pooling="mean", frozen_dropout=False, cache_size=2).train()
+    assert not bert.training  # a dropout-free frozen encoder stays in eval mode under model.train()
+    calls = []
+    bert.register_forward_hook(lambda _m, _i, _o: calls.append(1))
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    am = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    want_words, want_sentence, want_pad = plain(ids, am)
+    calls.clear()
+    for _ in range(2):  # cold, then warm: the same features, the encoder run once for the 2 distinct sentences
+        words, sentence, pad = cached(ids, am)
+        assert torch.equal(pad, want_pad)
+        torch.testing.assert_close(sentence, want_sentence, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(words[~pad], want_words[~pad], atol=1e-6, rtol=1e-6)
+        assert not words[pad].any()  # padding positions are zeros (every consumer masks them)
+    assert len(calls) == 1
+    cached(ids[:1, :4] + 1, am[:1, :4])  # a third sentence: the least recently used one goes
+    assert len(cached._cache) == 2
+    cached.load_state_dict(cached.state_dict())  # new weights: nothing kept
+    assert len(cached._cache) == 0
+    with pytest.raises(ValueError, match="frozen_dropout"):
+        TextEncoder(model=bert, freeze=True, cache_size=2)
+    with pytest.raises(ValueError, match="frozen_dropout=false"):
+        TextEncoderConfig(feature_cache=8)
+    with pytest.raises(ValueError, match=">= 0"):
+        TextEncoderConfig(feature_cache=-1, frozen_dropout=False)

@@ -241,3 +241,19 @@ def test_init_quirks(model: SgMg) -> None:
     assert torch.equal(fresh.input_proj[0][0].bias, torch.zeros_like(fresh.input_proj[0][0].bias))
     attn = fresh.transformer.encoder.layers[0].self_attn
     assert torch.equal(attn.attention_weights.weight, torch.zeros_like(attn.attention_weights.weight))
+
+
+def test_text_feature_cache_keeps_the_outputs(model: SgMg, inputs: tuple) -> None:
+    """The same weights with a dropout-free frozen text encoder and its feature cache: the same outputs, cold and warm
+    (the cached words are zeros at padding, which every consumer masks)."""
+    cached = build_model(
+        "sgmg_tiny", **{"transformer.dec_layers": 2, "text.frozen_dropout": False, "text.feature_cache": 8}
+    )
+    cached.load_state_dict(model.state_dict())
+    model.eval(), cached.eval()
+    with torch.no_grad():
+        want = model(*inputs)
+        for _ in range(2):
+            got = cached(*inputs)
+            torch.testing.assert_close(got.pred_logits, want.pred_logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got.pred_masks, want.pred_masks, atol=1e-4, rtol=1e-4)

@@ -177,3 +177,26 @@ def test_grad_scaler_path_skips_overflow_without_counting_it(toy_model: ToyModel
     handle.remove()
     assert not m.stepped and not m.skipped_nonfinite and guard.total == 0
     assert scaler.get_scale() == 2.0**7  # halved by the overflow
+
+
+def test_trainer_logs_the_time_spent_waiting_for_batches(toy_model, batch) -> None:
+    """``StepInfo.window.data_seconds``: the seconds the loop waited for its batches (here, a slow input pipeline)."""
+    import time
+
+    from sgmg.train.config import TrainConfig
+    from sgmg.train.trainer import Trainer, TrainerHooks
+
+    def slow_batches():
+        while True:
+            time.sleep(0.05)
+            yield 0, batch
+
+    cfg = TrainConfig(max_steps=4, log_every=2, checkpoint_every=100)
+    windows = []
+    hooks = TrainerHooks(
+        log=lambda info: windows.append(info.window), validate=lambda info: {}, checkpoint=lambda *a: None
+    )
+    Trainer(cfg, toy_model, device=torch.device("cpu"), steps_per_epoch=10).fit(slow_batches(), hooks)
+    assert [w.steps for w in windows] == [2, 2]
+    for w in windows:
+        assert 0.1 <= w.data_seconds <= w.seconds and 0 < w.data_share <= 1
