@@ -58,7 +58,7 @@ class DemoSize:
     size: tuple[int, int] = (144, 192)
     trials: int = 3
     trial_steps: int = 100
-    train_steps: int = 2400
+    train_steps: int = 2100
     checkpoint_every: int = 50
 
 
