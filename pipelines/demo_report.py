@@ -117,6 +117,15 @@ def score_served(url: str, data: Path, out: Path, *, progress: Any = None) -> di
 # ------------------------------------------------------------------------------------------------ report
 
 
+def _ema(values: list[float], decay: float) -> list[float]:
+    """Exponential moving average of ``values``, debiased like Adam's (the first value is not pulled towards 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = decay * avg + (1 - decay) * v
+        out.append(avg / (1 - decay**i))
+    return out
+
+
 def _plot_training(train: dict[str, Any], path: Path) -> bool:
     from pipelines import tracking
 
@@ -132,7 +141,9 @@ def _plot_training(train: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     loss = history.get("loss", [])
     if loss:
-        ax.plot([s for s, _ in loss], [v for _, v in loss], color="tab:blue", lw=1, label="training loss")
+        steps, values = [s for s, _ in loss], [v for _, v in loss]
+        ax.plot(steps, values, color="tab:blue", lw=0.6, alpha=0.35, label="training loss (a step's batch)")
+        ax.plot(steps, _ema(values, 0.9), color="tab:blue", lw=1.5, label="training loss (moving average)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if history.get("val_jf"):
