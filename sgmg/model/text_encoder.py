@@ -125,12 +125,9 @@ class TextEncoder(nn.Module):
             ``txt_feats [B, S, C_txt]``, ``sentence_feats [B, C_txt]`` and ``txt_pad_mask`` bool ``[B, S]`` (True at
             padding).
         """
-        txt_pad_mask = attention_mask.ne(1)
-        if self.cache_size:
-            words, sentence = self._cached(input_ids, attention_mask)
-            return words, sentence, txt_pad_mask
-        words, sentence = self._encode(input_ids, attention_mask)
-        return words, sentence, txt_pad_mask
+        encode = self._cached if self.cache_size else self._encode
+        words, sentence = encode(input_ids, attention_mask)
+        return words, sentence, attention_mask.ne(1)
 
     def _encode(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``words [B, S, C_txt]`` and ``sentence [B, C_txt]`` from the encoder."""
