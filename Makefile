@@ -1,5 +1,6 @@
 # One-command set-up: every target creates .venv/ at the repo root when it is missing (idempotent), installs the
-# project into it with the pinned versions of requirements.lock, then runs.
+# project into it with the pinned versions of requirements.lock, builds the model's C++ CPU kernels (~30 s, once),
+# then runs.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3.11
@@ -22,6 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m sgmg.model.ops.cpu_kernels || echo "warning: no C++ CPU kernels; the model runs on its PyTorch ops" >&2
 	touch $(STAMP)
 
 lint: venv

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from sgmg.model.layers import refine_boxes
+from sgmg.model.layers import feed_forward, refine_boxes
 from sgmg.model.ops.ms_deform_attn import MultiScaleDeformableAttention
 
 
@@ -48,7 +48,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> Tensor:
         """``src [B*T, sum(h*w), C]`` -> same shape."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, ref_points, src, spatial_shapes, pad_mask)))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = feed_forward(src, self.linear1, lambda h: self.dropout2(F.relu(h)), self.linear2)
         return self.norm2(src + self.dropout3(ffn))
 
 

@@ -30,6 +30,8 @@ from torchvision.models.video.swin_transformer import (
     _get_window_and_shift_size,
 )
 
+from sgmg.model.layers import feed_forward
+
 logger = logging.getLogger(__name__)
 
 
@@ -131,7 +133,7 @@ class SwinBlock3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, H, W, C] -> [B, T, H, W, C]``."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(feed_forward(self.norm2(x), self.mlp.fc1, self.mlp.act, self.mlp.fc2))
 
 
 class SwinStage3d(nn.Module):

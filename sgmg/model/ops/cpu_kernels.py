@@ -1,0 +1,83 @@
+"""The C++ CPU kernels of :mod:`sgmg.model.ops` (``csrc/``), compiled once per machine and loaded on first use.
+
+``make venv`` builds them right after installing (``python -m sgmg.model.ops.cpu_kernels``); otherwise the first
+process that needs them compiles them (about 30 s on 2 cores; PyTorch's ``torch.utils.cpp_extension.load``, which
+caches the build under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and lets concurrent
+processes wait for one build). Without a C++ compiler the ops fall back to their pure PyTorch formulation, with one
+warning. ``SGMG_CPU_KERNELS=0`` turns the kernels off (the pure PyTorch ops everywhere).
+
+We compile our own ~200-line kernel rather than use a library: no PyPI package ships a CPU multi-scale deformable
+attention for this PyTorch (mmcv's is CUDA-only, and its wheels are built for other PyTorch releases).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+ENV = "SGMG_CPU_KERNELS"
+SOURCES = (Path(__file__).resolve().parent / "csrc" / "ms_deform_attn_cpu.cpp",)
+NAME = "sgmg_cpu_kernels"
+FLAGS = ("-O3", "-fopenmp")
+
+
+def enabled() -> bool:
+    """False when ``SGMG_CPU_KERNELS=0`` (or ``false``/``off``)."""
+    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "off", "no"}
+
+
+def _load(verbose: bool) -> ModuleType:
+    # torch.utils.cpp_extension logs a CUDA_HOME warning when imported on a machine without CUDA: not ours to show.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        cpp_logger.setLevel(level)
+    return load(NAME, [str(s) for s in SOURCES], extra_cflags=list(FLAGS), verbose=verbose)
+
+
+@functools.cache
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernels (building them if this machine has not yet), or None if off or they cannot be built."""
+    if not enabled():
+        return None
+    try:
+        return _load(verbose=False)
+    except Exception as err:  # no compiler, no ninja, a read-only cache: the PyTorch ops still work
+        logger.warning(
+            "SgMg's C++ CPU kernels could not be built or loaded (%s: %s); using the pure PyTorch ops (slower). "
+            "Run `python -m sgmg.model.ops.cpu_kernels` to see the build output, or set %s=0 to silence this.",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+            ENV,
+        )
+        return None
+
+
+def main() -> int:
+    """Build (or find) the kernels and print where they are; exit 1 if they cannot be built."""
+    if not enabled():
+        print(f"{ENV}=0: the C++ CPU kernels are off; nothing built")
+        return 0
+    try:
+        module = _load(verbose="-v" in sys.argv)
+    except Exception as err:
+        print(f"error: building SgMg's C++ CPU kernels failed: {err}", file=sys.stderr)
+        print(
+            "the model still runs with the pure PyTorch ops; install g++ and ninja to get the kernels", file=sys.stderr
+        )
+        return 1
+    print(f"SgMg C++ CPU kernels ready: {module.__file__}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

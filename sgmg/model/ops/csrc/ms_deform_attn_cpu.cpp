@@ -1,0 +1,195 @@
+// Multi-scale deformable attention on CPU (Zhu et al., "Deformable DETR", ICLR 2021): the bilinear sampling of every
+// level and point fused with the attention weighting and the level sum, so no sampled tensor is ever materialised.
+// Same arithmetic as F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) on locations in [0, 1]
+// of each level's map: pixel coordinate x * w - 0.5, a corner outside the map contributes zero.
+// Threads: ATen's intra-op pool (torch.set_num_threads). Built on install by `python -m sgmg.model.ops.build`.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+struct Levels {
+  std::vector<int64_t> h, w, start;
+};
+
+Levels read_levels(const torch::Tensor& shapes) {
+  TORCH_CHECK(shapes.dim() == 2 && shapes.size(1) == 2, "spatial_shapes must be [L, 2] (h, w)");
+  auto s = shapes.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t* p = s.data_ptr<int64_t>();
+  Levels lv;
+  int64_t start = 0;
+  for (int64_t l = 0; l < s.size(0); ++l) {
+    lv.h.push_back(p[2 * l]);
+    lv.w.push_back(p[2 * l + 1]);
+    lv.start.push_back(start);
+    start += p[2 * l] * p[2 * l + 1];
+  }
+  return lv;
+}
+
+// The four corners of one bilinear sample: flat pixel index within the level (or -1 outside) and weight.
+struct Corners {
+  int64_t idx[4];
+  float wt[4];
+  // derivative of each corner weight with respect to the pixel coordinates x and y
+  float dx[4];
+  float dy[4];
+};
+
+inline void corners(float loc_x, float loc_y, int64_t h, int64_t w, Corners& c) {
+  const float x = loc_x * static_cast<float>(w) - 0.5f;
+  const float y = loc_y * static_cast<float>(h) - 0.5f;
+  const float fx = std::floor(x), fy = std::floor(y);
+  const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
+  const float ax = x - fx, ay = y - fy;  // fractional parts
+  const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
+  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
+  const float wx[4] = {1.f - ax, ax, 1.f - ax, ax};
+  const float wy[4] = {1.f - ay, 1.f - ay, ay, ay};
+  const float sx[4] = {-1.f, 1.f, -1.f, 1.f};
+  const float sy[4] = {-1.f, -1.f, 1.f, 1.f};
+  for (int k = 0; k < 4; ++k) {
+    const bool inside = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
+    c.idx[k] = inside ? ys[k] * w + xs[k] : -1;
+    c.wt[k] = wx[k] * wy[k];
+    c.dx[k] = sx[k] * wy[k];
+    c.dy[k] = sy[k] * wx[k];
+  }
+}
+
+void check_inputs(const torch::Tensor& value, const torch::Tensor& loc, const torch::Tensor& attn, int64_t levels) {
+  TORCH_CHECK(value.device().is_cpu() && loc.device().is_cpu() && attn.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(value.scalar_type() == torch::kFloat && loc.scalar_type() == torch::kFloat &&
+                  attn.scalar_type() == torch::kFloat,
+              "float32 tensors only");
+  TORCH_CHECK(value.dim() == 4, "value must be [B, S, M, D]");
+  TORCH_CHECK(loc.dim() == 6 && loc.size(5) == 2, "sampling_locations must be [B, Q, M, L, P, 2]");
+  TORCH_CHECK(attn.dim() == 5, "attention_weights must be [B, Q, M, L, P]");
+  TORCH_CHECK(loc.size(0) == value.size(0) && loc.size(2) == value.size(2) && loc.size(3) == levels,
+              "sampling_locations do not match value / spatial_shapes");
+  TORCH_CHECK(attn.sizes() == loc.sizes().slice(0, 5), "attention_weights do not match sampling_locations");
+}
+
+}  // namespace
+
+// value [B, S, M, D], spatial_shapes [L, 2], sampling_locations [B, Q, M, L, P, 2], attention_weights [B, Q, M, L, P]
+// -> [B, Q, M*D]
+torch::Tensor ms_deform_attn_forward(const torch::Tensor& value_in, const torch::Tensor& spatial_shapes,
+                                     const torch::Tensor& loc_in, const torch::Tensor& attn_in) {
+  const Levels lv = read_levels(spatial_shapes);
+  const int64_t L = static_cast<int64_t>(lv.h.size());
+  check_inputs(value_in, loc_in, attn_in, L);
+  auto value = value_in.contiguous();
+  auto loc = loc_in.contiguous();
+  auto attn = attn_in.contiguous();
+  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Q = loc.size(1), P = loc.size(4);
+  auto out = torch::zeros({B, Q, M * D}, value.options());
+  const float* v = value.data_ptr<float>();
+  const float* lp = loc.data_ptr<float>();
+  const float* ap = attn.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
+    Corners c;
+    for (int64_t bq = begin; bq < end; ++bq) {
+      const int64_t b = bq / Q;
+      for (int64_t m = 0; m < M; ++m) {
+        float* o = op + (bq * M + m) * D;
+        const int64_t base = (bq * M + m) * L * P;  // into attn (and loc / 2)
+        for (int64_t l = 0; l < L; ++l) {
+          const float* vl = v + ((b * S + lv.start[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = base + l * P + p;
+            const float a = ap[i];
+            corners(lp[2 * i], lp[2 * i + 1], lv.h[l], lv.w[l], c);
+            for (int k = 0; k < 4; ++k) {
+              if (c.idx[k] < 0) continue;
+              const float wk = a * c.wt[k];
+              const float* src = vl + c.idx[k] * M * D;
+#pragma omp simd
+              for (int64_t d = 0; d < D; ++d) o[d] += wk * src[d];
+            }
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// Gradients of ms_deform_attn_forward with respect to value, sampling_locations and attention_weights.
+// grad_value is accumulated per (b, m) slice (one task owns a slice: no two threads write the same element).
+std::vector<torch::Tensor> ms_deform_attn_backward(const torch::Tensor& value_in, const torch::Tensor& spatial_shapes,
+                                                   const torch::Tensor& loc_in, const torch::Tensor& attn_in,
+                                                   const torch::Tensor& grad_out_in) {
+  const Levels lv = read_levels(spatial_shapes);
+  const int64_t L = static_cast<int64_t>(lv.h.size());
+  check_inputs(value_in, loc_in, attn_in, L);
+  auto value = value_in.contiguous();
+  auto loc = loc_in.contiguous();
+  auto attn = attn_in.contiguous();
+  auto grad_out = grad_out_in.contiguous();
+  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Q = loc.size(1), P = loc.size(4);
+  TORCH_CHECK(grad_out.numel() == B * Q * M * D, "grad_output must be [B, Q, M*D]");
+  auto grad_value = torch::zeros_like(value);
+  auto grad_loc = torch::zeros_like(loc);
+  auto grad_attn = torch::zeros_like(attn);
+  const float* v = value.data_ptr<float>();
+  const float* lp = loc.data_ptr<float>();
+  const float* ap = attn.data_ptr<float>();
+  const float* g = grad_out.data_ptr<float>();
+  float* gv = grad_value.data_ptr<float>();
+  float* gl = grad_loc.data_ptr<float>();
+  float* ga = grad_attn.data_ptr<float>();
+  at::parallel_for(0, B * M, 1, [&](int64_t begin, int64_t end) {
+    Corners c;
+    for (int64_t bm = begin; bm < end; ++bm) {
+      const int64_t b = bm / M, m = bm % M;
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t bq = b * Q + q;
+        const float* go = g + (bq * M + m) * D;
+        const int64_t base = (bq * M + m) * L * P;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t off = ((b * S + lv.start[l]) * M + m) * D;
+          const float* vl = v + off;
+          float* gvl = gv + off;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = base + l * P + p;
+            const float a = ap[i];
+            corners(lp[2 * i], lp[2 * i + 1], lv.h[l], lv.w[l], c);
+            float g_attn = 0.f, g_x = 0.f, g_y = 0.f;
+            for (int k = 0; k < 4; ++k) {
+              if (c.idx[k] < 0) continue;
+              const float* src = vl + c.idx[k] * M * D;
+              float* dst = gvl + c.idx[k] * M * D;
+              const float wk = a * c.wt[k];
+              float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+              for (int64_t d = 0; d < D; ++d) {
+                dot += go[d] * src[d];
+                dst[d] += wk * go[d];
+              }
+              g_attn += c.wt[k] * dot;
+              g_x += c.dx[k] * dot;
+              g_y += c.dy[k] * dot;
+            }
+            ga[i] = g_attn;
+            gl[2 * i] = a * g_x * static_cast<float>(lv.w[l]);
+            gl[2 * i + 1] = a * g_y * static_cast<float>(lv.h[l]);
+          }
+        }
+      }
+    }
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &ms_deform_attn_forward, "multi-scale deformable attention forward (CPU)");
+  m.def("backward", &ms_deform_attn_backward, "multi-scale deformable attention backward (CPU)");
+}

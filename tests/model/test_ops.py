@@ -1,0 +1,102 @@
+"""The C++ CPU kernel of multi-scale deformable attention against its PyTorch formulation, and the blocked FFN."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgmg.model.layers import FFN_BLOCK_ROWS, feed_forward
+from sgmg.model.ops import cpu_kernels as ck
+from sgmg.model.ops.ms_deform_attn import _CPUDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+
+SHAPES = [(7, 9), (4, 5), (2, 3)]
+
+
+def _inputs(dtype=torch.float32, heads=3, channels=5, points=3, batch=2, queries=11):
+    gen = torch.Generator().manual_seed(0)
+    total = sum(h * w for h, w in SHAPES)
+    value = torch.randn(batch, total, heads, channels, generator=gen, dtype=dtype)
+    # locations reach past every border, so the zero padding of out-of-map corners is exercised
+    loc = torch.rand(batch, queries, heads, len(SHAPES), points, 2, generator=gen, dtype=dtype) * 1.4 - 0.2
+    weights = torch.rand(batch, queries, heads, len(SHAPES), points, generator=gen, dtype=dtype).softmax(-1)
+    return value, loc, weights
+
+
+def test_the_cpu_kernel_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ck.cpu_kernels() is not None, "the C++ kernels did not build: run `python -m sgmg.model.ops.cpu_kernels`"
+    calls = []
+    original = _CPUDeformAttn.apply
+    monkeypatch.setattr(_CPUDeformAttn, "apply", lambda *a: calls.append(a) or original(*a))
+    ms_deform_attn(*_with_shapes(_inputs()))
+    assert len(calls) == 1
+
+
+def _with_shapes(inputs):
+    value, loc, weights = inputs
+    return value, SHAPES, loc, weights
+
+
+def test_cpu_kernel_forward_matches_the_pytorch_formulation() -> None:
+    args = _with_shapes(_inputs())
+    ours = ms_deform_attn(*args)
+    assert ours.shape == (2, 11, 15)
+    torch.testing.assert_close(ours, ms_deform_attn_pytorch(*args), atol=1e-6, rtol=1e-5)
+    # float64 and autograd-free inputs of other dtypes take the PyTorch formulation
+    args64 = _with_shapes(_inputs(torch.float64))
+    torch.testing.assert_close(ms_deform_attn(*args64), ms_deform_attn_pytorch(*args64))
+
+
+def test_cpu_kernel_gradients_match_autograd_of_the_pytorch_formulation() -> None:
+    value, loc, weights = _inputs()
+    grad_out = torch.randn(2, 11, 15, generator=torch.Generator().manual_seed(1))
+    leaves = [t.clone().requires_grad_(True) for t in (value, loc, weights)]
+    ms_deform_attn(leaves[0], SHAPES, leaves[1], leaves[2]).backward(grad_out)
+    ref = [t.double().requires_grad_(True) for t in (value, loc, weights)]
+    ms_deform_attn_pytorch(ref[0], SHAPES, ref[1], ref[2]).backward(grad_out.double())
+    for ours, expected, name in zip(leaves, ref, ("value", "locations", "weights"), strict=True):
+        torch.testing.assert_close(ours.grad, expected.grad.float(), atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_kernels_off_or_unbuildable_fall_back_to_pytorch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = _with_shapes(_inputs())
+    expected = ms_deform_attn_pytorch(*args)
+    try:
+        ck.cpu_kernels.cache_clear()
+        monkeypatch.setenv(ck.ENV, "0")
+        assert ck.cpu_kernels() is None
+        torch.testing.assert_close(ms_deform_attn(*args), expected, atol=0, rtol=0)
+
+        ck.cpu_kernels.cache_clear()
+        monkeypatch.setenv(ck.ENV, "1")
+
+        def no_compiler(verbose: bool):
+            raise RuntimeError("Error building extension: g++: not found")
+
+        monkeypatch.setattr(ck, "_load", no_compiler)
+        with caplog.at_level(logging.WARNING, logger=ck.__name__):
+            assert ck.cpu_kernels() is None
+        assert "g++: not found" in caplog.text and ck.ENV in caplog.text
+        torch.testing.assert_close(ms_deform_attn(*args), expected, atol=0, rtol=0)
+    finally:
+        ck.cpu_kernels.cache_clear()
+
+
+def test_feed_forward_in_row_blocks_equals_one_pass() -> None:
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(6, 10), nn.Linear(10, 4)
+    x = torch.randn(3, FFN_BLOCK_ROWS + 7, 6)  # more rows than a block, the last block partial
+    with torch.no_grad():
+        plain = fc2(F.relu(fc1(x)))
+        torch.testing.assert_close(feed_forward(x, fc1, F.relu, fc2), plain, atol=0, rtol=0)
+        fc2_nobias = nn.Linear(10, 4, bias=False)
+        torch.testing.assert_close(feed_forward(x, fc1, F.relu, fc2_nobias), fc2_nobias(F.relu(fc1(x))), atol=0, rtol=0)
+    # with autograd recording: one plain pass, gradients flow
+    out = feed_forward(x, fc1, F.relu, fc2)
+    out.sum().backward()
+    assert fc1.weight.grad is not None and out.shape == (3, FFN_BLOCK_ROWS + 7, 4)
