@@ -100,3 +100,13 @@ def test_feed_forward_in_row_blocks_equals_one_pass() -> None:
     out = feed_forward(x, fc1, F.relu, fc2)
     out.sum().backward()
     assert fc1.weight.grad is not None and out.shape == (3, FFN_BLOCK_ROWS + 7, 4)
+
+
+def test_mean_of_valid_conv_equals_the_average_pooled_conv() -> None:
+    from sgmg.model.fusion import mean_of_valid_conv
+
+    torch.manual_seed(0)
+    for shape, bias in (((2, 6, 5, 9), True), ((1, 4, 3, 3), True), ((3, 5, 7, 4), False)):
+        conv = nn.Conv2d(shape[1], 7, kernel_size=3, bias=bias)
+        x = torch.randn(*shape)
+        torch.testing.assert_close(mean_of_valid_conv(conv, x), conv(x).mean(dim=(2, 3)), atol=1e-6, rtol=1e-5)
