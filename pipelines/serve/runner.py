@@ -125,8 +125,7 @@ def load_model(
         else:
             model = sgmg.load_checkpoint(_local_checkpoint(model_uri, Path(tmp)))
             name, version, fixed = Path(model_uri.rstrip("/")).name, None, model_uri
-    amp = torch.bfloat16 if precision == "bf16" else None
-    predictor = sgmg.RVOSPredictor(model, device=device, amp_dtype=amp)  # its config's tokenizer
+    predictor = sgmg.RVOSPredictor(model, device=device, precision=precision)  # its config's tokenizer
     info = {
         "name": name,
         "version": version,

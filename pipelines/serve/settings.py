@@ -133,7 +133,7 @@ class ModelSettings:
         model_uri: None keeps the application's ``model_uri``.
         max_batch_size: windows per batched forward pass (``max_ongoing_requests`` must be at least this).
         batch_wait_timeout_s: how long a batch waits to fill.
-        precision: ``fp32`` or ``bf16`` (autocast; GPU replicas).
+        precision: ``fp32`` (the official numerics) or ``bf16`` (faster, on CPU and GPU: :mod:`sgmg.model.precision`).
         num_threads: torch CPU threads of the replica; 0: what Ray gives it (its ``num_cpus``).
     """
 

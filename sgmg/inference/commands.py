@@ -37,6 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32: the official numerics (default); bf16: faster, the Swin blocks and encoder FFNs in bfloat16",
+    )
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
 
@@ -70,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     predictor = RVOSPredictor(
-        model, tokenizer, device=args.device, short_side=args.short_side, threshold=args.threshold
+        model,
+        tokenizer,
+        device=args.device,
+        short_side=args.short_side,
+        threshold=args.threshold,
+        precision=args.precision,
     )
     texts = list(args.text)
     folders = [out] if len(texts) == 1 else [out / str(i) for i in range(len(texts))]
@@ -107,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             "scores": scores[e],
             "best_query_per_window": best_queries[e],
             "window": args.window,
+            "precision": args.precision,
             "seconds": seconds,
         }
         (folder / "prediction.json").write_text(json.dumps(summary, indent=1))

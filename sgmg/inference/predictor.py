@@ -25,6 +25,7 @@ from sgmg.data.transforms import EVAL_SHORT_SIDE, IMAGENET_MEAN, IMAGENET_STD
 from sgmg.eval.postprocess import MaskPostProcessor, SelectedQuery
 from sgmg.inference.sources import FrameSource
 from sgmg.model.outputs import SgMgOutput
+from sgmg.model.precision import set_inference_precision
 
 
 @dataclass
@@ -58,7 +59,8 @@ class RVOSPredictor:
         short_side: frames are resized so their short side has this many pixels; None: the variant's (official: 360).
         max_side: optional cap on the long side after resizing.
         threshold: probability above which a pixel is foreground.
-        amp_dtype: optional autocast dtype (e.g. ``torch.bfloat16`` on GPU); None runs in float32.
+        precision: ``"fp32"`` (the official numerics) or ``"bf16"`` (faster: the Swin blocks and the encoder FFNs in
+            bfloat16, the rest float32; :mod:`sgmg.model.precision`; casts ``model`` in place, one-way).
     """
 
     def __init__(
@@ -70,7 +72,7 @@ class RVOSPredictor:
         short_side: int | None = None,
         max_side: int | None = None,
         threshold: float = 0.5,
-        amp_dtype: torch.dtype | None = None,
+        precision: str = "fp32",
     ) -> None:
         from sgmg.data.tokenizer import load_tokenizer_for
         from sgmg.zoo import pretrained_config
@@ -81,11 +83,11 @@ class RVOSPredictor:
             raise ValueError(f"short_side must be >= 32 pixels, got {short_side}")
         self.postprocessor = MaskPostProcessor(threshold=threshold)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = set_inference_precision(model.to(self.device).eval(), precision)
+        self.precision = precision
         self.tokenizer = load_tokenizer_for(model) if tokenizer is None else tokenizer
         self.short_side = short_side
         self.max_side = max_side
-        self.amp_dtype = amp_dtype
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``text`` -> ``input_ids [1, S]``, ``attention_mask [1, S]`` on the predictor's device."""
@@ -103,8 +105,7 @@ class RVOSPredictor:
     def predict_batch(self, batch: ClipBatch) -> SgMgOutput:
         """The tensor API: run the model on a collated batch (eval mode)."""
         batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            return self.model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
+        return self.model(batch.video, batch.input_ids, batch.attention_mask, pad_mask=batch.pad_mask)
 
     def tokenize_many(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``N`` expressions -> ``input_ids [N, S]``, ``attention_mask [N, S]`` (padded to the longest)."""
@@ -137,9 +138,8 @@ class RVOSPredictor:
         video = video.to(self.device)
         if video_index is not None:
             video_index = video_index.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            visual = self.model.encode_video(video)
-            out = self.model.decode(visual, input_ids.to(self.device), attention_mask.to(self.device), video_index)
+        visual = self.model.encode_video(video)
+        out = self.model.decode(visual, input_ids.to(self.device), attention_mask.to(self.device), video_index)
         return self.postprocessor.select(out)
 
     @property

@@ -61,9 +61,11 @@ def feed_forward(x: Tensor, fc1: nn.Linear, activation: Callable[[Tensor], Tenso
     ``[..., C] -> [..., C_out]``. At inference the hidden activations of the whole input (e.g. ``[24500, 2048]``
     floats, 200 MB, in the deformable encoder at 5 x 360 x 640) would be written, activated and read back from memory;
     blocks of :data:`FFN_BLOCK_ROWS` rows keep them in cache. Each row is computed with the same operations, so the
-    result is the same (1.4x faster for that FFN on 2 cores). With autograd recording, one plain pass.
+    result is the same (1.4x faster for that FFN on 2 cores). With autograd recording or autocast on, one plain
+    pass.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad):
+    recording = torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad)
+    if recording or torch.is_autocast_enabled(x.device.type):  # autocast has no out= matmuls
         return fc2(activation(fc1(x)))
     rows = x.reshape(-1, x.shape[-1])  # [N, C]
     out = rows.new_empty(rows.shape[0], fc2.out_features)  # [N, C_out]

@@ -132,8 +132,12 @@ class SwinBlock3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, H, W, C] -> [B, T, H, W, C]``."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(feed_forward(self.norm2(x), self.mlp.fc1, self.mlp.act, self.mlp.fc2))
+        # the attention and the MLP run in their weights' dtype (bfloat16 after sgmg.model.precision's "bf16"),
+        # the residual stream and the LayerNorms in x's
+        attn = self.attn(self.norm1(x).to(self.attn.qkv.weight.dtype))
+        x = x + self.drop_path(attn.to(x.dtype))
+        mlp = feed_forward(self.norm2(x).to(self.mlp.fc1.weight.dtype), self.mlp.fc1, self.mlp.act, self.mlp.fc2)
+        return x + self.drop_path(mlp.to(x.dtype))
 
 
 class SwinStage3d(nn.Module):

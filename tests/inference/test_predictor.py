@@ -80,7 +80,21 @@ def test_predict_command_writes_masks_overlay_and_summary(tiny: torch.nn.Module,
     assert len(summary["scores"]) == 4 and len(summary["best_query_per_window"]) == 2
     # a second run must not overwrite the user's results silently
     assert main([*argv, "--short-side", "96"]) == 2
-    assert main([*argv, "--short-side", "96", "--overwrite", "--no-overlay"]) == 0
+    assert main([*argv, "--short-side", "96", "--overwrite", "--no-overlay", "--precision", "bf16"]) == 0
+    summary = json.loads((out / "prediction.json").read_text())
+    assert summary["precision"] == "bf16" and len(summary["scores"]) == 4
+
+
+def test_bf16_predictor_masks_agree_with_fp32(predictor: RVOSPredictor, tiny: torch.nn.Module) -> None:
+    import copy
+
+    fast = RVOSPredictor(copy.deepcopy(tiny), predictor.tokenizer, short_side=96, precision="bf16")
+    assert fast.model.visual_encoder.layers[0].blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    exact, quick = (p.predict(_frames(), "the red square", keep_probs=True) for p in (predictor, fast))
+    assert quick.masks.shape == exact.masks.shape and quick.best_query == exact.best_query
+    assert np.abs(quick.probs - exact.probs).max() < 0.1
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        RVOSPredictor(copy.deepcopy(tiny), predictor.tokenizer, precision="fp16")
 
 
 def test_predict_command_reports_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
