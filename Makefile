@@ -40,7 +40,8 @@ test: lint
 	$(BIN)/python -m pytest -m "not benchmark and not gpu" -q
 
 bench: venv
-	$(BIN)/python tests/benchmarks/bench_model.py --out bench_out
+	$(BIN)/python tests/benchmarks/bench_model.py --full --out bench_out
+	$(BIN)/python tests/benchmarks/bench_gpu.py --out bench_out
 	$(BIN)/python tests/benchmarks/bench_serve.py --out bench_out
 	$(BIN)/python tests/benchmarks/bench_stream.py --videos 12 --frames 20 --out bench_out/stream.json
 	$(BIN)/python tests/benchmarks/bench_train.py --out bench_out/train.json

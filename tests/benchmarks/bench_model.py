@@ -7,12 +7,14 @@ hits both sides of a ratio alike. Writes ``bench_out/model.json``; ``tests/bench
 ``bench_out/*.json`` into ``bench_out/results.md``.
 
 - ``op``: multi-scale deformable attention as the model runs it (:func:`sgmg.model.ops.ms_deform_attn.ms_deform_attn`:
-  one ``grid_sample`` per level whose points are weighted and summed at once) against the plain ``grid_sample``
+  on CPU the C++ kernel that fuses sampling, weighting and level sum) against the plain ``grid_sample``
   formulation of Deformable DETR's PyTorch reference (every level sampled into one ``[B*M, D, Lq, L*P]`` stack, then
   weighted and summed), in eval and in training (forward + backward), at the shapes of the Swin-T model's encoder on
   5 x 360 x 640 and of ``sgmg_tiny`` on the demo's clip (3 x 144 x 192).
 - ``forward``: eval forward latency of ``sgmg_tiny`` (3 x 144 x 192) and ``sgmg_video_swin_t`` (random weights,
-  3 x 192 x 256; also 5 x 360 x 640, the official inference size, with ``--full``: about 11 s a pass on 2 cores).
+  3 x 192 x 256; also 5 x 360 x 640, the official inference size, with ``--full``: about 5 s a pass on 2 cores), in
+  exact fp32, in the fast bf16 precision (:mod:`sgmg.model.precision`; with the share of mask pixels that agree with
+  fp32) and, as our earlier exact path, in fp32 with the deformable attention on its PyTorch formulation.
 - ``expressions``: the time per expression with 1, 4 and 8 expressions of one clip (Swin-T, 3 x 192 x 256): the
   visual encoder once for all of them (:meth:`SgMg.encode_video` + :meth:`SgMg.decode` batched over the expressions,
   what ``sgmg predict``, evaluation and Serve do) against one full forward per expression (the official inference).
@@ -23,6 +25,8 @@ hits both sides of a ratio alike. Writes ``bench_out/model.json``; ``tests/bench
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import statistics
@@ -136,8 +140,23 @@ def _video_and_text(model, frames: int, height: int, width: int, n: int, device:
     return video, ids, torch.ones_like(ids)
 
 
+@contextlib.contextmanager
+def pytorch_deformable_op():
+    """The model's deformable attention on its PyTorch formulation (the C++ kernel off), for the before/after rows."""
+    import sgmg.model.ops.ms_deform_attn as op
+
+    saved = op.cpu_kernels
+    op.cpu_kernels = lambda: None
+    try:
+        yield
+    finally:
+        op.cpu_kernels = saved
+
+
 def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], full: bool) -> list[dict]:
-    """Eval forward latency of the tiny and the Swin-T model (one expression)."""
+    """Eval forward latency of the tiny and the Swin-T model (one expression): exact fp32, fast bf16
+    (:mod:`sgmg.model.precision`) and fp32 with the PyTorch deformable op instead of the C++ kernel."""
+    from sgmg.model.precision import set_inference_precision
     from sgmg.zoo import build_model
 
     cases = [("sgmg_tiny", 3, 144, 192), ("sgmg_video_swin_t", 3, 192, 256)]
@@ -147,15 +166,33 @@ def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], 
     for name, frames, height, width in cases:
         torch.manual_seed(0)
         model = build_model(name).eval().to(device)
+        fast = set_inference_precision(copy.deepcopy(model), "bf16")
         video, ids, mask = _video_and_text(model, frames, height, width, 1, device)
 
         def run(model=model, video=video, ids=ids, mask=mask):
             with torch.inference_mode():
-                model(video, ids, mask)
+                return model(video, ids, mask)
 
-        t = timed({"forward": run}, repeats, sync)["forward"]
+        def run_pytorch_op(run=run):
+            with pytorch_deformable_op():
+                return run()
+
+        variants = {"fp32": run, "bf16": lambda run=run, fast=fast: run(model=fast)}
+        if device.type == "cpu":
+            variants["fp32, PyTorch deformable op"] = run_pytorch_op
+        exact, quick = run(), run(model=fast)
+        agree = ((exact.pred_masks > 0) == (quick.pred_masks > 0)).float().mean().item()
+        t = timed(variants, repeats, sync)
         rows.append(
-            {"case": f"{name} 1x{frames}x{height}x{width}", "ours": t, "frames_per_s": frames / t["median_ms"] * 1000}
+            {
+                "case": f"{name} 1x{frames}x{height}x{width}",
+                "ours": t["fp32"],
+                "fast": t["bf16"],
+                "pytorch_op": t.get("fp32, PyTorch deformable op"),
+                "frames_per_s": frames / t["fp32"]["median_ms"] * 1000,
+                "fast_frames_per_s": frames / t["bf16"]["median_ms"] * 1000,
+                "fast_pixel_agreement": agree,
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows

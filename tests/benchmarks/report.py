@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python tests/benchmarks/report.py [--dir bench_out]`` (``make bench`` runs it last). Reads what the
 benchmarks wrote (``model.json`` from ``bench_model.py``, ``serve.json`` and ``serve_forward.json`` from
-``bench_serve.py``, ``stream.json`` from ``bench_stream.py --out``, ``train.json`` from ``bench_train.py --out``);
+``bench_serve.py``, ``stream.json`` from ``bench_stream.py --out``, ``train.json`` from ``bench_train.py --out``,
+``gpu.json`` from ``bench_gpu.py``);
 a missing file is a missing section, not an error. Every time is the median of its repeats with the min..max spread.
 """
 
@@ -12,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-SOURCES = ("model", "serve", "serve_forward", "stream", "train")
+SOURCES = ("model", "serve", "serve_forward", "stream", "train", "gpu")
 
 
 def _ms(t: dict) -> str:
@@ -43,8 +44,19 @@ def _model_tables(model: dict) -> list[str]:
             )
         lines.append("")
     if "forward" in model:
-        lines += ["### Eval forward", "", "| case | ms | frames/s |", "|---|---|---|"]
-        lines += [f"| {r['case']} | {_ms(r['ours'])} | {r['frames_per_s']:.2f} |" for r in model["forward"]]
+        lines += [
+            "### Eval forward",
+            "",
+            "| case | fp32 ms | bf16 ms | fp32, PyTorch deformable op, ms | frames/s fp32 / bf16 | bf16 mask pixels "
+            "agreeing with fp32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in model["forward"]:
+            before = _ms(r["pytorch_op"]) if r.get("pytorch_op") else "-"
+            lines.append(
+                f"| {r['case']} | {_ms(r['ours'])} | {_ms(r['fast'])} | {before} | {r['frames_per_s']:.2f} / "
+                f"{r['fast_frames_per_s']:.2f} | {100 * r['fast_pixel_agreement']:.2f} % |"
+            )
         lines.append("")
     if "train_step" in model:
         lines += ["### Training step", "", "| case | ms | clips/s |", "|---|---|---|"]
@@ -72,6 +84,31 @@ def _serve_tables(serve: dict | None, forward: dict | None) -> list[str]:
     return lines
 
 
+def _gpu_tables(gpu: dict) -> list[str]:
+    if "skipped" in gpu:
+        return [f"Skipped: {gpu['skipped']}.", ""]
+    lines = [f"Device {gpu['device']}, torch {gpu['torch']}; median (min..max) seconds.", ""]
+    if gpu.get("eval"):
+        lines += ["| eval | s | frames/s | first call s |", "|---|---|---|---|"]
+        for r in gpu["eval"]:
+            t = r["seconds"]
+            lines.append(
+                f"| {r['case']} | {t['median_s']:.4f} ({t['min_s']:.4f}..{t['max_s']:.4f}) | "
+                f"{r['frames_per_s']:.1f} | {r['first_call_s']:.1f} |"
+            )
+        lines.append("")
+    if gpu.get("train"):
+        lines += ["| training step | s | clips/s | peak GiB |", "|---|---|---|---|"]
+        for r in gpu["train"]:
+            t, peak = r["seconds"], r["peak_memory_gib"]
+            lines.append(
+                f"| {r['case']} | {t['median_s']:.3f} ({t['min_s']:.3f}..{t['max_s']:.3f}) | {r['clips_per_s']:.2f} | "
+                f"{'-' if peak is None else f'{peak:.1f}'} |"
+            )
+        lines.append("")
+    return lines
+
+
 def render(results: dict) -> str:
     """The Markdown page of ``results`` (the merged JSON files, by source name)."""
     lines = ["# Benchmarks", "", "Written by `make bench` (`tests/benchmarks/report.py`).", ""]
@@ -94,6 +131,8 @@ def render(results: dict) -> str:
         lines.append("")
     if "train" in results:
         lines += ["## Ray Train (`bench_train.py`)", "", "```json", json.dumps(results["train"], indent=1), "```", ""]
+    if "gpu" in results:
+        lines += ["## GPU (`bench_gpu.py`)", ""] + _gpu_tables(results["gpu"])
     missing = [name for name in SOURCES if name not in results]
     if missing:
         lines += [f"Not measured in this run: {', '.join(f'`{m}.json`' for m in missing)}.", ""]

@@ -67,7 +67,17 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
                 "max_abs_diff": 1e-7,
             }
         ],
-        "forward": [{"case": "sgmg_tiny 1x3x144x192", "ours": _timing(40.0), "frames_per_s": 75.0}],
+        "forward": [
+            {
+                "case": "sgmg_tiny 1x3x144x192",
+                "ours": _timing(40.0),
+                "fast": _timing(30.0),
+                "pytorch_op": _timing(50.0),
+                "frames_per_s": 75.0,
+                "fast_frames_per_s": 100.0,
+                "fast_pixel_agreement": 0.9951,
+            }
+        ],
         "train_step": [{"case": "sgmg_tiny train step, 1 clip", "ours": _timing(190.0), "clips_per_s": 5.26}],
     }
     serve = {
@@ -76,17 +86,42 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
     }
     (tmp_path / "model.json").write_text(json.dumps(model))
     (tmp_path / "serve.json").write_text(json.dumps(serve))
+    (tmp_path / "gpu.json").write_text(json.dumps({"skipped": "no CUDA device on this machine"}))
     assert report.main(["--dir", str(tmp_path)]) == 0
     page = (tmp_path / "results.md").read_text()
     assert "| tiny 3x144x192 eval | 5.0 (4.5..5.5) | 7.5 (6.8..8.2) | stack | 1.50x |" in page
-    assert "| sgmg_tiny 1x3x144x192 | 40.0 (36.0..44.0) | 75.00 |" in page
+    assert (
+        "| sgmg_tiny 1x3x144x192 | 40.0 (36.0..44.0) | 30.0 (27.0..33.0) | 50.0 (45.0..55.0) | 75.00 / 100.00 "
+        "| 99.51 % |" in page
+    )
+    assert "## GPU (`bench_gpu.py`)" in page and "Skipped: no CUDA device" in page
     assert "| batching on, c=8 | 19.10 (18.00..20.00) | 400 | 483 |" in page
     assert "`stream.json`" in page and "`train.json`" in page  # named as not measured
     merged = json.loads((tmp_path / "results.json").read_text())
-    assert set(merged) == {"model", "serve"}
+    assert set(merged) == {"model", "serve", "gpu"}
 
 
 def test_report_without_results_says_so(tmp_path, capsys):
     report = _load("report")
     assert report.main(["--dir", str(tmp_path)]) == 1
     assert "make bench" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda_and_runs_end_to_end(tmp_path, monkeypatch):
+    bench = _load("bench_gpu")
+    report = _load("report")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "gpu.json").read_text()) == {"skipped": "no CUDA device on this machine"}
+    # the same code path on the CPU at a toy size (a GPU session runs it at the paper's)
+    argv = ["--device", "cpu", "--clip", "2x64x96", "--variants", "sgmg_tiny", "--train-variant", "sgmg_tiny"]
+    assert bench.main([*argv, "--repeats", "1", "--no-compile", "--out", str(tmp_path)]) == 0
+    gpu = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["case"].split()[-1] for r in gpu["eval"]] == ["fp32", "bf16"]
+    assert [r["case"].endswith(f"checkpointing {s}") for r in gpu["train"] for s in ("off", "on")].count(True) == 2
+    assert all(r["clips_per_s"] > 0 for r in gpu["train"])
+    assert report.main(["--dir", str(tmp_path)]) == 0
+    assert (
+        "| sgmg_tiny train step, 1 clip of 2x64x96, fp32, gradient checkpointing on |"
+        in (tmp_path / "results.md").read_text()
+    )
