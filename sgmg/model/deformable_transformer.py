@@ -50,7 +50,10 @@ class DeformableEncoderLayer(nn.Module):
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, ref_points, src, spatial_shapes, pad_mask)))
         # the FFN runs in its weights' dtype (bfloat16 after sgmg.model.precision's "bf16"), the rest in src's
         ffn = feed_forward(
-            src.to(self.linear1.weight.dtype), self.linear1, lambda h: self.dropout2(F.relu(h)), self.linear2
+            src.to(self.linear1.weight.dtype),
+            self.linear1,
+            lambda h: self.dropout2(F.relu(h, inplace=True)),
+            self.linear2,
         )
         ffn = ffn.to(src.dtype)
         return self.norm2(src + self.dropout3(ffn))
