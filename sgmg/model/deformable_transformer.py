@@ -44,7 +44,12 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
-        self, src: Tensor, pos: Tensor, ref_points: Tensor, spatial_shapes: list[tuple[int, int]], pad_mask: Tensor
+        self,
+        src: Tensor,
+        pos: Tensor,
+        ref_points: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        pad_mask: Tensor | None,
     ) -> Tensor:
         """``src [B*T, sum(h*w), C]`` -> same shape."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, ref_points, src, spatial_shapes, pad_mask)))
@@ -96,7 +101,7 @@ class DeformableDecoderLayer(nn.Module):
         ref_points: Tensor,
         memory: Tensor,
         spatial_shapes: list[tuple[int, int]],
-        pad_mask: Tensor,
+        pad_mask: Tensor | None,
     ) -> Tensor:
         """``tgt [B*T, Q, C]`` -> same shape."""
         q = tgt + query_pos
@@ -235,6 +240,7 @@ class DeformableTransformer(nn.Module):
         spatial_shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # [B*T, sum(h*w), C]
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)  # [B*T, sum(h*w)]
+        attn_mask = mask_flat if bool(mask_flat.any()) else None  # nothing to zero in the values without padding
         pos_flat = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)],
             1,
@@ -244,7 +250,7 @@ class DeformableTransformer(nn.Module):
         enc_ref = _encoder_reference_points(spatial_shapes, valid_ratios)
         memory = src_flat
         for layer in self.encoder.layers:
-            memory = self._run(layer, memory, pos_flat, enc_ref, spatial_shapes, mask_flat)
+            memory = self._run(layer, memory, pos_flat, enc_ref, spatial_shapes, attn_mask)
 
         ref = self.reference_points(query_pos).sigmoid()  # [B*T, Q, 2]
         init_ref = ref
@@ -255,7 +261,7 @@ class DeformableTransformer(nn.Module):
                 ref_in = ref[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_in = ref[:, :, None] * valid_ratios[:, None]
-            output = self._run(layer, output, query_pos, ref_in, memory, spatial_shapes, mask_flat)
+            output = self._run(layer, output, query_pos, ref_in, memory, spatial_shapes, attn_mask)
             delta = box_heads[lid](output)  # [B*T, Q, 4]
             ref = refine_boxes(delta, ref).detach()  # [B*T, Q, 4]
             hs.append(output)

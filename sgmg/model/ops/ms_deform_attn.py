@@ -167,14 +167,14 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(b, lq, m, num_levels, p, 2)
         weights = self.attention_weights(query).view(b, lq, m, num_levels * p).softmax(-1)
         weights = weights.view(b, lq, m, num_levels, p)
+        # one fused multiply-add over the [B, Lq, M, L, P, 2] offsets (the reference divides, then adds: the same up
+        # to the last bit of the scale)
         if reference_points.shape[-1] == 2:
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-            )  # [L, 2] as (w, h)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            scale = torch.tensor(
+                [[1.0 / w, 1.0 / h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
+            )  # [L, 2] as (1/w, 1/h)
+            locations = torch.addcmul(reference_points[:, :, None, :, None, :], offsets, scale[:, None, :])
         else:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+            refs = reference_points[:, :, None, :, None]  # [B, Lq, 1, L, 1, 4]
+            locations = torch.addcmul(refs[..., :2], offsets, refs[..., 2:] * (0.5 / p))
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
