@@ -88,7 +88,7 @@ class SpectralFilterBlock(nn.Module):
                 gauss = F.interpolate(gauss, size=(h, w), mode="bilinear", align_corners=False)
             spec = spec * (1 - alpha * gauss)
             z = torch.cat([spec.real, spec.imag], dim=1)  # [B*T, 2C, h, w]
-            z = self.conv2(F.relu(self.conv1(z)))
+            z = self.conv2(F.relu(self.conv1(z.to(self.conv1.weight.dtype)))).float()  # bf16 weights: precision
             real, imag = torch.chunk(z, 2, dim=1)
             y = torch.fft.ifft2(torch.complex(real, imag), s=(h, w)).real
             return x + y, gauss
