@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +42,13 @@ def _load(verbose: bool) -> ModuleType:
         from torch.utils.cpp_extension import load
     finally:
         cpp_logger.setLevel(level)
+    if shutil.which("ninja") is None:  # PyTorch runs `ninja` from PATH; the PyPI package's may not be on it
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass  # load() then says that ninja is missing
     return load(NAME, [str(s) for s in SOURCES], extra_cflags=list(FLAGS), verbose=verbose)
 
 
