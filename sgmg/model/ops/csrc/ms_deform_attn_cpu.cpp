@@ -61,7 +61,18 @@ inline void corners(float loc_x, float loc_y, int64_t h, int64_t w, Corners& c) 
   }
 }
 
-void check_inputs(const torch::Tensor& value, const torch::Tensor& loc, const torch::Tensor& attn, int64_t levels) {
+// The checked, contiguous inputs of both passes and their sizes.
+struct Inputs {
+  Levels lv;
+  torch::Tensor value, loc, attn;
+  int64_t B, S, M, D, Q, L, P;
+};
+
+Inputs prepare(const torch::Tensor& value, const torch::Tensor& shapes, const torch::Tensor& loc,
+               const torch::Tensor& attn) {
+  Inputs in;
+  in.lv = read_levels(shapes);
+  in.L = static_cast<int64_t>(in.lv.h.size());
   TORCH_CHECK(value.device().is_cpu() && loc.device().is_cpu() && attn.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(value.scalar_type() == torch::kFloat && loc.scalar_type() == torch::kFloat &&
                   attn.scalar_type() == torch::kFloat,
@@ -69,9 +80,15 @@ void check_inputs(const torch::Tensor& value, const torch::Tensor& loc, const to
   TORCH_CHECK(value.dim() == 4, "value must be [B, S, M, D]");
   TORCH_CHECK(loc.dim() == 6 && loc.size(5) == 2, "sampling_locations must be [B, Q, M, L, P, 2]");
   TORCH_CHECK(attn.dim() == 5, "attention_weights must be [B, Q, M, L, P]");
-  TORCH_CHECK(loc.size(0) == value.size(0) && loc.size(2) == value.size(2) && loc.size(3) == levels,
+  TORCH_CHECK(loc.size(0) == value.size(0) && loc.size(2) == value.size(2) && loc.size(3) == in.L,
               "sampling_locations do not match value / spatial_shapes");
   TORCH_CHECK(attn.sizes() == loc.sizes().slice(0, 5), "attention_weights do not match sampling_locations");
+  in.value = value.contiguous();
+  in.loc = loc.contiguous();
+  in.attn = attn.contiguous();
+  in.B = value.size(0), in.S = value.size(1), in.M = value.size(2), in.D = value.size(3);
+  in.Q = loc.size(1), in.P = loc.size(4);
+  return in;
 }
 
 }  // namespace
@@ -80,18 +97,13 @@ void check_inputs(const torch::Tensor& value, const torch::Tensor& loc, const to
 // -> [B, Q, M*D]
 torch::Tensor ms_deform_attn_forward(const torch::Tensor& value_in, const torch::Tensor& spatial_shapes,
                                      const torch::Tensor& loc_in, const torch::Tensor& attn_in) {
-  const Levels lv = read_levels(spatial_shapes);
-  const int64_t L = static_cast<int64_t>(lv.h.size());
-  check_inputs(value_in, loc_in, attn_in, L);
-  auto value = value_in.contiguous();
-  auto loc = loc_in.contiguous();
-  auto attn = attn_in.contiguous();
-  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
-  const int64_t Q = loc.size(1), P = loc.size(4);
-  auto out = torch::zeros({B, Q, M * D}, value.options());
-  const float* v = value.data_ptr<float>();
-  const float* lp = loc.data_ptr<float>();
-  const float* ap = attn.data_ptr<float>();
+  const Inputs in = prepare(value_in, spatial_shapes, loc_in, attn_in);
+  const Levels& lv = in.lv;
+  const int64_t B = in.B, S = in.S, M = in.M, D = in.D, Q = in.Q, L = in.L, P = in.P;
+  auto out = torch::zeros({B, Q, M * D}, in.value.options());
+  const float* v = in.value.data_ptr<float>();
+  const float* lp = in.loc.data_ptr<float>();
+  const float* ap = in.attn.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
     Corners c;
@@ -126,22 +138,18 @@ torch::Tensor ms_deform_attn_forward(const torch::Tensor& value_in, const torch:
 std::vector<torch::Tensor> ms_deform_attn_backward(const torch::Tensor& value_in, const torch::Tensor& spatial_shapes,
                                                    const torch::Tensor& loc_in, const torch::Tensor& attn_in,
                                                    const torch::Tensor& grad_out_in) {
-  const Levels lv = read_levels(spatial_shapes);
-  const int64_t L = static_cast<int64_t>(lv.h.size());
-  check_inputs(value_in, loc_in, attn_in, L);
-  auto value = value_in.contiguous();
-  auto loc = loc_in.contiguous();
-  auto attn = attn_in.contiguous();
+  const Inputs in = prepare(value_in, spatial_shapes, loc_in, attn_in);
+  const Levels& lv = in.lv;
+  const int64_t B = in.B, S = in.S, M = in.M, D = in.D, Q = in.Q, L = in.L, P = in.P;
   auto grad_out = grad_out_in.contiguous();
-  const int64_t B = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
-  const int64_t Q = loc.size(1), P = loc.size(4);
-  TORCH_CHECK(grad_out.numel() == B * Q * M * D, "grad_output must be [B, Q, M*D]");
-  auto grad_value = torch::zeros_like(value);
-  auto grad_loc = torch::zeros_like(loc);
-  auto grad_attn = torch::zeros_like(attn);
-  const float* v = value.data_ptr<float>();
-  const float* lp = loc.data_ptr<float>();
-  const float* ap = attn.data_ptr<float>();
+  TORCH_CHECK(grad_out.scalar_type() == torch::kFloat && grad_out.numel() == B * Q * M * D,
+              "grad_output must be float32 [B, Q, M*D]");
+  auto grad_value = torch::zeros_like(in.value);
+  auto grad_loc = torch::zeros_like(in.loc);
+  auto grad_attn = torch::zeros_like(in.attn);
+  const float* v = in.value.data_ptr<float>();
+  const float* lp = in.loc.data_ptr<float>();
+  const float* ap = in.attn.data_ptr<float>();
   const float* g = grad_out.data_ptr<float>();
   float* gv = grad_value.data_ptr<float>();
   float* gl = grad_loc.data_ptr<float>();
