@@ -30,9 +30,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from sgmg.allocator import tune_malloc
     from sgmg.data.tokenizer import load_tokenizer
     from sgmg.train.trainer import TrainerHooks
 
+    tune_malloc()  # this worker's process: freed tensors are reused, not faulted in again
     job = job_from_dict(config["job"])
     cfg = job.train
     ctx = ray.train.get_context()

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        from sgmg.allocator import tune_malloc
+
+        tune_malloc()  # every command allocates large tensors (sgmg.allocator)
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)
     except ModuleNotFoundError as exc:

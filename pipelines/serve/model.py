@@ -41,6 +41,9 @@ class SgMgModel:
     """
 
     def __init__(self, model_uri: str, tracking_uri: str | None = None, reload_interval_s: float = 30.0) -> None:
+        from sgmg.allocator import tune_malloc
+
+        tune_malloc()  # this replica's process: freed tensors are reused, not faulted in again
         self.app_model_uri = model_uri
         self.tracking_uri = tracking_uri
         self.reload_interval_s = reload_interval_s

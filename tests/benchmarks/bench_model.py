@@ -43,6 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from sgmg.allocator import tune_malloc  # noqa: E402
 from sgmg.model.ops.ms_deform_attn import ms_deform_attn  # noqa: E402
 
 # (B frames, levels (h, w), heads M, channels per head D), as the encoder's self-attention sees them (Lq = sum h*w).
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown --sections {sorted(unknown)}; choose from op, forward, expressions, train_step")
     torch.set_num_threads(args.threads)
+    tuned = tune_malloc()  # as the sgmg commands, Serve replicas and training workers run (sgmg.allocator)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     report = {
@@ -319,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "tuned_malloc": tuned,
         "load_before": os.getloadavg()[0],
     }
     if "op" in sections:
