@@ -60,8 +60,29 @@ def test_fused_window_attention_equals_torchvision(shift: tuple, shape: tuple) -
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(shape, requires_grad=True)
     torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-5)
+    (grad_ours,) = torch.autograd.grad(ours(x).square().sum(), x)
+    (grad_ref,) = torch.autograd.grad(ref(x).square().sum(), x)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-6, rtol=1e-5)
     ours(x).sum().backward()
     assert ours.relative_position_bias_table.grad is not None and ours.relative_position_bias_table.grad.abs().sum() > 0
+    with torch.inference_mode():  # the edge windows written in place
+        torch.testing.assert_close(ours(x.detach()), ref(x.detach()), atol=1e-6, rtol=1e-5)
+
+
+def test_shift_masks_follow_the_input_grid() -> None:
+    """The cached edge-window masks are rebuilt when the grid changes (one module, clips of two sizes in turn)."""
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    from sgmg.model.visual_encoder import WindowAttention3d
+
+    torch.manual_seed(0)
+    ref = ShiftedWindowAttention3d(16, [8, 7, 7], [4, 3, 3], 2)
+    ours = WindowAttention3d(16, [8, 7, 7], [4, 3, 3], 2)
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for shape in [(1, 9, 14, 21, 16), (2, 3, 28, 14, 16), (1, 9, 14, 21, 16)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-5)
 
 
 def test_kinetics_release_format_is_loaded(tmp_path: Path) -> None:
