@@ -11,7 +11,12 @@ from torch import nn
 
 from sgmg.model.layers import FFN_BLOCK_ELEMENTS, feed_forward
 from sgmg.model.ops import cpu_kernels as ck
-from sgmg.model.ops.ms_deform_attn import _CPUDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+from sgmg.model.ops.ms_deform_attn import (
+    MultiScaleDeformableAttention,
+    _CPUDeformAttn,
+    ms_deform_attn,
+    ms_deform_attn_pytorch,
+)
 
 SHAPES = [(7, 9), (4, 5), (2, 3)]
 
@@ -83,6 +88,34 @@ def test_kernels_off_or_unbuildable_fall_back_to_pytorch(
             assert ck.cpu_kernels() is None
         assert "g++: not found" in caplog.text and ck.ENV in caplog.text
         torch.testing.assert_close(ms_deform_attn(*args), expected, atol=0, rtol=0)
+    finally:
+        ck.cpu_kernels.cache_clear()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_few_queries_sample_the_input_then_project(padded: bool, kernels: str, monkeypatch: pytest.MonkeyPatch):
+    """The decoder's case (5 queries over 4 levels): without autograd the attention samples the unprojected input and
+    projects the samples; the same result as projecting every value first (the autograd path), padding included."""
+    monkeypatch.setenv(ck.ENV, kernels)
+    ck.cpu_kernels.cache_clear()
+    try:
+        torch.manual_seed(0)
+        attn = MultiScaleDeformableAttention(dim=64, num_levels=3, num_heads=4, num_points=2)
+        with torch.no_grad():
+            for p in attn.parameters():
+                p.normal_(0, 0.1)
+        shapes = [(12, 16), (6, 8), (3, 4)]
+        s = sum(h * w for h, w in shapes)
+        query, value_in, refs = torch.randn(2, 3, 64), torch.randn(2, s, 64), torch.rand(2, 3, 3, 4) * 0.8 + 0.1
+        pad = torch.zeros(2, s, dtype=torch.bool)
+        pad[:, ::5] = True
+        pad = pad if padded else None
+        projected_first = attn(query, refs, value_in, shapes, pad)  # autograd recording: the projection first
+        assert projected_first.requires_grad
+        with torch.no_grad():
+            sampled_first = attn(query, refs, value_in, shapes, pad)
+        torch.testing.assert_close(sampled_first, projected_first.detach(), atol=1e-6, rtol=1e-5)
     finally:
         ck.cpu_kernels.cache_clear()
 

@@ -160,10 +160,24 @@ class MultiScaleDeformableAttention(nn.Module):
     ) -> Tensor:
         b, lq, _ = query.shape
         m, num_levels, p = self.num_heads, self.num_levels, self.num_points
+        locations, weights = self._locations_and_weights(query, reference_points, spatial_shapes)
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (query, value_in, *self.parameters()))
+        # Few queries over many values (the decoder: Q per frame against every pixel of 4 levels): the bilinear
+        # samples are far fewer than the value rows, so sample the unprojected input first and project the samples.
+        if not recording and lq * m * num_levels * p * 4 < value_in.shape[1]:
+            return self.output_proj(self._sample_then_project(value_in, pad_mask, spatial_shapes, locations, weights))
         value = self.value_proj(value_in)
         if pad_mask is not None:
             value = value.masked_fill(pad_mask[..., None], 0.0)
         value = value.view(b, value.shape[1], m, self.dim // m)  # [B, sum(h*w), M, D]
+        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
+
+    def _locations_and_weights(
+        self, query: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Sampling locations ``[B, Lq, M, L, P, 2]`` and softmaxed attention weights ``[B, Lq, M, L, P]``."""
+        b, lq, _ = query.shape
+        m, num_levels, p = self.num_heads, self.num_levels, self.num_points
         offsets = self.sampling_offsets(query).view(b, lq, m, num_levels, p, 2)
         weights = self.attention_weights(query).view(b, lq, m, num_levels * p).softmax(-1)
         weights = weights.view(b, lq, m, num_levels, p)
@@ -177,4 +191,38 @@ class MultiScaleDeformableAttention(nn.Module):
         else:
             refs = reference_points[:, :, None, :, None]  # [B, Lq, 1, L, 1, 4]
             locations = torch.addcmul(refs[..., :2], offsets, refs[..., 2:] * (0.5 / p))
-        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
+        return locations, weights
+
+    def _sample_then_project(
+        self,
+        value_in: Tensor,
+        pad_mask: Tensor | None,
+        spatial_shapes: list[tuple[int, int]],
+        locations: Tensor,
+        weights: Tensor,
+    ) -> Tensor:
+        """:func:`ms_deform_attn` of the projected values, computed by sampling ``value_in`` and projecting after.
+
+        The value projection is affine and the sampling is a weighted sum, so for head ``m`` the sum of
+        ``w_k * (x_k @ W_m.T + b_m)`` is ``(sum w_k x_k) @ W_m.T + (sum w_k) b_m``, where ``sum w_k`` counts only the
+        bilinear corners inside the map (outside ones add zero), which a column of ones sampled alongside gives.
+        Every (query, head) pair samples the C input channels as one head of its own. The same value up to float
+        summation order (the decoder's 4 value projections at 5 x 360 x 640 were 0.1 s; this is 5 ms).
+
+        ``value_in [B, S, C]``, ``locations [B, Lq, M, L, P, 2]``, ``weights [B, Lq, M, L, P]`` -> ``[B, Lq, M*D]``.
+        """
+        b, s, c = value_in.shape
+        _, lq, m, num_levels, p, _ = locations.shape
+        x = torch.cat([value_in, value_in.new_ones(b, s, 1)], -1)  # [B, S, C+1]
+        if pad_mask is not None:
+            x = x.masked_fill(pad_mask[..., None], 0.0)
+        sampled = ms_deform_attn(
+            x.view(b, s, 1, c + 1),
+            spatial_shapes,
+            locations.reshape(b, lq * m, 1, num_levels, p, 2),
+            weights.reshape(b, lq * m, 1, num_levels, p),
+        ).view(b, lq, m, c + 1)  # per (query, head): sum w_k x_k and sum w_k
+        w = self.value_proj.weight.view(m, c // m, c)  # [M, D, C]
+        heads = torch.einsum("bqmc,mdc->bqmd", sampled[..., :c], w)  # [B, Lq, M, D]
+        heads = heads + sampled[..., c:] * self.value_proj.bias.view(m, c // m)
+        return heads.reshape(b, lq, c)
