@@ -1,15 +1,16 @@
 """How the C library's ``malloc`` treats large blocks, which decides how often CPU tensors fault in fresh pages.
 
-PyTorch allocates CPU tensors with ``malloc``. glibc serves every block above its mmap threshold (128 KiB at start,
-raised at most to 32 MiB as blocks are freed) with a fresh ``mmap`` and returns it to the system on ``free``; the next
-tensor of that size is again fresh memory, and the kernel zero-fills each of its 4 KiB pages on first touch. A
-forward of SgMg Swin-T on a 5 x 360 x 640 clip allocates hundreds of megabytes of such short-lived tensors: on 2 cores
-it took 150-400 thousand page faults and 0.3-0.9 s of system time a forward, about a tenth of its time.
+PyTorch allocates CPU tensors with ``malloc``. glibc gives blocks above its mmap threshold (128 KiB at start, raised
+as blocks are freed, to at most 32 MiB) their own fresh ``mmap``, unmapped again on ``free``, and hands the top of its
+heap back to the system whenever more than twice that threshold is free there; the kernel then zero-fills every 4 KiB
+page of the next tensor placed there on first touch. A forward of SgMg Swin-T on a 5 x 360 x 640 clip allocates and
+frees gigabytes of such intermediates: on 2 cores it took 150-400 thousand page faults and 0.3-0.9 s of system time a
+forward, about a tenth of its time.
 
-:func:`tune_malloc` pins the mmap threshold at 32 MiB (blocks below it come from the heap) and stops glibc from
-trimming the heap, so freed tensors are reused instead of faulted in again (30 thousand faults a forward). The cost:
-the process keeps its peak heap instead of giving freed memory back to the system (the same as jemalloc or tcmalloc,
-the allocators PyTorch's CPU performance guide suggests preloading). It changes no result.
+:func:`tune_malloc` pins the mmap threshold at 32 MiB and the trim threshold at 1 GiB, so tensors below 32 MiB reuse
+heap memory already faulted in (0-100 thousand faults a forward; blocks above 32 MiB are still mapped afresh). The
+cost: the process keeps its peak heap instead of giving freed memory back to the system (as jemalloc or tcmalloc, the
+allocators PyTorch's CPU performance guide suggests preloading, do). It changes no result.
 
 It is a process-wide setting: ``sgmg`` commands, the Serve replicas and the training workers call it at start;
 library users call it themselves. ``SGMG_TUNE_MALLOC=0`` leaves ``malloc`` as it is. No effect (``False``) off glibc.
