@@ -55,6 +55,11 @@ def refine_boxes(delta: Tensor, ref: Tensor) -> Tensor:
     return torch.cat([delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]], -1).sigmoid()
 
 
+def records_grad(*tensors: Tensor) -> bool:
+    """True if autograd is recording an op on ``tensors`` (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def feed_forward(x: Tensor, fc1: nn.Linear, activation: Callable[[Tensor], Tensor], fc2: nn.Linear) -> Tensor:
     """``fc2(activation(fc1(x)))``, in row blocks when no gradient is being recorded.
 
@@ -65,8 +70,7 @@ def feed_forward(x: Tensor, fc1: nn.Linear, activation: Callable[[Tensor], Tenso
     multiply's own float rounding, which can depend on the row count (1.4x faster for that FFN on 2 cores).
     ``activation`` may work in place. With autograd recording or autocast on, one plain pass.
     """
-    recording = torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad)
-    if recording or torch.is_autocast_enabled(x.device.type):  # autocast has no out= matmuls
+    if records_grad(x, fc1.weight, fc2.weight) or torch.is_autocast_enabled(x.device.type):  # no out= in autocast
         return fc2(activation(fc1(x)))
     rows = x.reshape(-1, x.shape[-1])  # [N, C]
     n = rows.shape[0]

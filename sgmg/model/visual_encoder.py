@@ -112,12 +112,12 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         zero: their indices ``[k]`` and masks ``[k, N, N]`` (in ``x``'s dtype). Cached for the last grid and device
         (at stage 1 of a 5 x 360 x 640 clip the whole mask is 322 windows x 245 x 245, the kept part 36)."""
         key = (size, tuple(ws), tuple(ss), x.device, x.dtype)
-        cached = self.__dict__.get("_shift_mask_cache")
+        cached = getattr(self, "_shift_mask_cache", None)
         if cached is None or cached[0] != key:
             full = _compute_attention_mask_3d(x, size, (ws[0], ws[1], ws[2]), (ss[0], ss[1], ss[2]))  # [nW, N, N]
             windows = full.flatten(1).ne(0).any(1).nonzero().flatten()
             cached = (key, (windows, full[windows]))
-            self.__dict__["_shift_mask_cache"] = cached
+            self._shift_mask_cache = cached
         return cached[1]
 
 
