@@ -29,6 +29,7 @@ import contextlib
 import copy
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -72,19 +73,29 @@ def stacked_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_
 
 
 def timed(variants: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, dict]:
-    """Median/min/max milliseconds of each variant, run alternately ``repeats`` times after one warm-up each."""
+    """Median/min/max milliseconds of each variant, run alternately ``repeats`` times after one warm-up each, and the
+    median of the process's minor page faults a run (fresh memory pages; :mod:`sgmg.allocator`)."""
     for fn in variants.values():
         fn()
     sync()
     runs: dict[str, list[float]] = {name: [] for name in variants}
+    faults: dict[str, list[int]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             fn()
             sync()
             runs[name].append((time.perf_counter() - start) * 1000)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return {
-        name: {"median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r), "runs": len(r)}
+        name: {
+            "median_ms": statistics.median(r),
+            "min_ms": min(r),
+            "max_ms": max(r),
+            "runs": len(r),
+            "page_faults": statistics.median(faults[name]),
+        }
         for name, r in runs.items()
     }
 
