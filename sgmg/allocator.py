@@ -13,14 +13,18 @@ cost: the process keeps its peak heap instead of giving freed memory back to the
 allocators PyTorch's CPU performance guide suggests preloading, do). It changes no result.
 
 It is a process-wide setting: ``sgmg`` commands, the Serve replicas and the training workers call it at start;
-library users call it themselves. ``SGMG_TUNE_MALLOC=0`` leaves ``malloc`` as it is. No effect (``False``) off glibc.
+library users call it themselves. ``SGMG_TUNE_MALLOC=0`` (or ``false``/``off``/``no``) leaves ``malloc`` as
+it is. No effect (``False``) off glibc.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from sgmg.config_io import env_switch
+
+ENV = "SGMG_TUNE_MALLOC"
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt() parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -30,7 +34,7 @@ TRIM_THRESHOLD = 1 << 30
 
 def tune_malloc() -> bool:
     """Keep freed blocks below 32 MiB for reuse (see the module); True if glibc took the setting."""
-    if os.environ.get("SGMG_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    if not env_switch(ENV) or not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None)  # the C library already loaded into this process
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):

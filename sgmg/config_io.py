@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -321,3 +322,11 @@ def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[s
         if overrides:
             where += f" + overrides {list(overrides)}" if path is not None else f" {list(overrides)}"
         raise ValueError(f"{where}: {err}") from None
+
+
+OFF_VALUES = frozenset({"0", "false", "off", "no"})
+
+
+def env_switch(name: str) -> bool:
+    """An on/off environment switch that is on unless set to ``0``, ``false``, ``off`` or ``no`` (any case)."""
+    return os.environ.get(name, "1").strip().lower() not in OFF_VALUES

@@ -46,6 +46,13 @@ def test_tune_malloc_stops_page_faults_of_a_forward():
     assert figures["after"] < figures["default"] / 10, figures
 
 
-def test_tune_malloc_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv("SGMG_TUNE_MALLOC", "0")
+@pytest.mark.parametrize("value", ["0", "false", "OFF", " no "])
+def test_tune_malloc_can_be_switched_off(monkeypatch, value):
+    monkeypatch.setenv("SGMG_TUNE_MALLOC", value)
+    assert tune_malloc() is False
+
+
+def test_tune_malloc_leaves_other_platforms_alone(monkeypatch):
+    monkeypatch.delenv("SGMG_TUNE_MALLOC", raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
     assert tune_malloc() is False

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from sgmg.config_io import env_switch
+
 logger = logging.getLogger(__name__)
 
 ENV = "SGMG_CPU_KERNELS"
@@ -29,8 +31,8 @@ FLAGS = ("-O3", "-fopenmp")
 
 
 def enabled() -> bool:
-    """False when ``SGMG_CPU_KERNELS=0`` (or ``false``/``off``)."""
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "off", "no"}
+    """False when ``SGMG_CPU_KERNELS=0`` (or ``false``/``off``/``no``)."""
+    return env_switch(ENV)
 
 
 def _load(verbose: bool) -> ModuleType:
