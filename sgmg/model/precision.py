@@ -1,11 +1,13 @@
 """Inference precision of SgMg: ``fp32`` (exact: the official numerics) or ``bf16`` (fast, opt-in).
 
 ``bf16`` casts the weights of the layers where bfloat16 is safe and most of the time goes, and those layers then run
-in bfloat16 (matrix multiplies with float32 accumulation): every Video Swin block's window attention and MLP, the FFN
-of every deformable encoder layer, and the two 1x1 convs of every spectral block that mix the spectrum's real and
-imaginary parts. Everything whose error would move the masks stays float32: the LayerNorms and residual streams, the
-FFTs themselves, the deformable attention (its value and output projections, sampling locations and weights), the
-text encoder, the decoder, the heads and the refiner. Chosen block by block by the masks' agreement with fp32 at
+in bfloat16 (matrix multiplies with float32 accumulation): every Video Swin block's window attention (its qkv and
+output projections, and softmax(QK^T + bias)V on bf16 Q, K, V with float32 scores, by our C++ kernel on AVX-512 BF16
+CPUs) and MLP, the FFN of every deformable encoder layer, and the two 1x1 convs of every spectral block that mix the
+spectrum's real and imaginary parts. Everything whose error would move the masks stays float32: the Swin
+relative-position bias tables, the LayerNorms and residual streams, the FFTs themselves, the deformable attention (its
+value and output projections, sampling locations and weights), the text encoder, the decoder, the heads and the
+refiner. Chosen block by block by the masks' agreement with fp32 at
 5 x 360 x 640 (seeded official-layout Swin-T weights): the Swin blocks and encoder FFNs alone gave mask IoU 0.987,
 adding the spectral convs 0.984-0.989 and 0.3 s less, adding the deformable value/output projections 0.981 and no
 time gained (left float32). Measured agreement and speed: ``README.md`` ("Speed").
@@ -23,11 +25,12 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def fast_layers(model: nn.Module) -> list[nn.Module]:
-    """The submodules that ``bf16`` casts: each Swin block's ``attn`` and ``mlp``, each encoder layer's FFN."""
+    """The submodules that ``bf16`` casts: each Swin block's qkv and output projections and MLP, each encoder
+    layer's FFN, each spectral block's 1x1 convs."""
     layers: list[nn.Module] = []
     for stage in model.visual_encoder.layers:
         for block in stage.blocks:
-            layers += [block.attn, block.mlp]
+            layers += [block.attn.qkv, block.attn.proj, block.mlp]
     for layer in model.transformer.encoder.layers:
         layers += [layer.linear1, layer.linear2]
     for block in [*model.fusion.pre, *model.fusion.post]:

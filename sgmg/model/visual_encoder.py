@@ -31,6 +31,7 @@ from torchvision.models.video.swin_transformer import (
 )
 
 from sgmg.model.layers import feed_forward
+from sgmg.model.ops.window_attention import window_attention
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,15 @@ class PatchEmbed3d(nn.Module):
 
 
 class WindowAttention3d(ShiftedWindowAttention3d):
-    """torchvision's (shifted) 3D window attention, with the attention itself done by ``scaled_dot_product_attention``.
+    """torchvision's (shifted) 3D window attention, with the attention itself done by
+    :func:`~sgmg.model.ops.window_attention.window_attention`.
 
     Parameters, buffers, window/shift shrinking, padding, the relative-position bias and the -100 shift mask are
-    torchvision's; only the softmax(QK^T + bias + mask)V step is fused (about 25% faster on CPU, same numerics up to
-    float rounding), and the shift mask, zero in all windows but those on the far edge of a shifted axis, is added
-    only there instead of to a ``[windows, heads, N, N]`` copy of the bias. Dropout is not supported (the official
-    model uses none).
+    torchvision's; only the softmax(QK^T + bias + mask)V step is fused (``scaled_dot_product_attention``, about 25%
+    faster on CPU than torchvision's steps, or in the bf16 fast mode our C++ kernel; same numerics up to float
+    rounding), and the shift mask, zero in all windows but those on the far edge of a shifted axis, is added only
+    there instead of to a ``[windows, heads, N, N]`` copy of the bias. Dropout is not supported (the official model
+    uses none).
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -87,18 +90,13 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c)
         x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * nw, n, c)  # [B*nW, N, C]
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b * nw, n, 3, heads, c // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B*nW, heads, N, C/heads]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # [B*nW, heads, N, C/heads]
         if shifted:
-            # Only the windows on the far edge of a shifted axis mix regions (their -100 mask is not all zero): they
-            # are attended again with bias + mask, the others kept (bias + 0 is bias: the same as masking them all).
-            windows, masks = self._shift_masks(x, (tp, hp, wp), ws, ss)  # [k], [k, N, N]
-            if len(windows):
-                rows = (windows[None] + nw * torch.arange(b, device=x.device)[:, None]).flatten()  # [B*k]
-                mask = (bias + masks[:, None]).repeat(b, 1, 1, 1)  # [B*k, heads, N, N]
-                edge = F.scaled_dot_product_attention(q[rows], k[rows], v[rows], attn_mask=mask.to(q.dtype))
-                out = out.index_copy(0, rows, edge) if out.requires_grad else out.index_copy_(0, rows, edge)
-        out = F.linear(out.transpose(1, 2).reshape(b * nw, n, c), self.proj.weight, self.proj.bias)
+            window_mask, masks = self._shift_masks(x.device, (tp, hp, wp), ws, ss)  # [nW], [k, N, N]
+            window_mask = window_mask.repeat(b)  # [B*nW]
+        else:
+            window_mask, masks = x.new_full((b * nw,), -1, dtype=torch.long), x.new_empty(0, n, n)
+        out = window_attention(qkv, bias[0], window_mask, masks)  # [B*nW, N, C]
+        out = F.linear(out, self.proj.weight, self.proj.bias)
         out = out.view(b, grid[0], grid[1], grid[2], ws[0], ws[1], ws[2], c)
         out = out.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tp, hp, wp, c)  # [B, T', H', W', C]
         if shifted:
@@ -106,17 +104,21 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         return out[:, :t, :h, :w].contiguous()
 
     def _shift_masks(
-        self, x: Tensor, size: tuple[int, int, int], ws: list[int], ss: list[int]
+        self, device: torch.device, size: tuple[int, int, int], ws: list[int], ss: list[int]
     ) -> tuple[Tensor, Tensor]:
         """torchvision's -100 shift mask of the padded grid ``size``, kept only for the windows where it is not all
-        zero: their indices ``[k]`` and masks ``[k, N, N]`` (in ``x``'s dtype). Cached for the last grid and device
-        (at stage 1 of a 5 x 360 x 640 clip the whole mask is 322 windows x 245 x 245, the kept part 36)."""
-        key = (size, tuple(ws), tuple(ss), x.device, x.dtype)
+        zero: ``[nW]`` int64, each window's index among the kept masks or -1, and the kept masks ``[k, N, N]``
+        float32. Cached for the last grid and device (at stage 1 of a 5 x 360 x 640 clip the whole mask is 322
+        windows x 245 x 245, the kept part 36)."""
+        key = (size, tuple(ws), tuple(ss), device)
         cached = getattr(self, "_shift_mask_cache", None)
         if cached is None or cached[0] != key:
-            full = _compute_attention_mask_3d(x, size, (ws[0], ws[1], ws[2]), (ss[0], ss[1], ss[2]))  # [nW, N, N]
-            windows = full.flatten(1).ne(0).any(1).nonzero().flatten()
-            cached = (key, (windows, full[windows]))
+            grid = torch.empty(0, device=device)  # torchvision takes the mask's device and dtype from a tensor
+            full = _compute_attention_mask_3d(grid, size, (ws[0], ws[1], ws[2]), (ss[0], ss[1], ss[2]))  # [nW, N, N]
+            kept = full.flatten(1).ne(0).any(1)  # [nW]
+            window_mask = torch.full((len(full),), -1, dtype=torch.long, device=device)
+            window_mask[kept] = torch.arange(int(kept.sum()), device=device)
+            cached = (key, (window_mask, full[kept]))
             self._shift_mask_cache = cached
         return cached[1]
 

@@ -34,6 +34,8 @@ def test_bf16_casts_only_the_swin_blocks_and_encoder_ffns(fp32_model) -> None:
     # what stays float32: the text encoder, the fusion, the deformable attention, the decoder, the heads, LayerNorms
     assert model.transformer.encoder.layers[0].self_attn.value_proj.weight.dtype == torch.float32
     assert model.visual_encoder.layers[0].blocks[0].norm1.weight.dtype == torch.float32
+    attn = model.visual_encoder.layers[0].blocks[0].attn
+    assert attn.qkv.weight.dtype == torch.bfloat16 and attn.relative_position_bias_table.dtype == torch.float32
 
 
 def test_bf16_outputs_are_float32_and_agree_with_fp32(fp32_model) -> None:

@@ -2,8 +2,8 @@
 // level and point fused with the attention weighting and the level sum, so no sampled tensor is ever materialised.
 // Same arithmetic as F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) on locations in [0, 1]
 // of each level's map: pixel coordinate x * w - 0.5, a corner outside the map contributes zero.
-// Threads: ATen's intra-op pool (torch.set_num_threads). Built on install by `python -m sgmg.model.ops.build`.
-#include <torch/extension.h>
+// Threads: ATen's intra-op pool (torch.set_num_threads). Bound to Python in bindings.cpp.
+#include "kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -195,9 +195,4 @@ std::vector<torch::Tensor> ms_deform_attn_backward(const torch::Tensor& value_in
     }
   });
   return {grad_value, grad_loc, grad_attn};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &ms_deform_attn_forward, "multi-scale deformable attention forward (CPU)");
-  m.def("backward", &ms_deform_attn_backward, "multi-scale deformable attention backward (CPU)");
 }
