@@ -20,6 +20,11 @@ hits both sides of a ratio alike. Writes ``bench_out/model.json``; ``tests/bench
   what ``sgmg predict``, evaluation and Serve do) against one full forward per expression (the official inference).
 - ``train_step``: ``sgmg_tiny`` forward + loss + backward + AdamW step on the demo's training clip (3 frames at
   144 x 192, two expressions; ``sgmg.train.step.train_step``), one clip against two clips a step.
+- ``agreement``: the fast mode's masks and chosen query against fp32's, with seeded official-layout Swin-T weights on
+  ``--clips`` seeded clips of 3 x 192 x 256 (3 of 5 x 360 x 640 with ``--full``) and, with ``--checkpoint`` and
+  ``--dataset``, a trained model on every expression of a valid split (e.g. ``make demo``'s champion on its
+  synthetic data). Random weights give near-tied queries on some clips (fp32's best and runner-up scores closer
+  than bf16's rounding moves them); the row counts them and gives the same-query rate outside them too.
 """
 
 from __future__ import annotations
@@ -153,16 +158,19 @@ def _video_and_text(model, frames: int, height: int, width: int, n: int, device:
 
 
 @contextlib.contextmanager
-def pytorch_deformable_op():
-    """The model's deformable attention on its PyTorch formulation (the C++ kernel off), for the before/after rows."""
-    import sgmg.model.ops.ms_deform_attn as op
+def pytorch_ops():
+    """The model on its PyTorch ops (the C++ kernels off: what runs without a compiler), for the before/after rows:
+    the deformable attention on its ``grid_sample`` formulation, the window attention on
+    ``scaled_dot_product_attention``."""
+    import sgmg.model.ops.ms_deform_attn as deform
+    import sgmg.model.ops.window_attention as window
 
-    saved = op.cpu_kernels
-    op.cpu_kernels = lambda: None
+    saved = deform.cpu_kernels, window.cpu_kernels
+    deform.cpu_kernels = window.cpu_kernels = lambda: None
     try:
         yield
     finally:
-        op.cpu_kernels = saved
+        deform.cpu_kernels, window.cpu_kernels = saved
 
 
 def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], full: bool) -> list[dict]:
@@ -185,13 +193,14 @@ def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], 
             with torch.inference_mode():
                 return model(video, ids, mask)
 
-        def run_pytorch_op(run=run):
-            with pytorch_deformable_op():
-                return run()
+        def run_pytorch_ops(run=run, **kwargs):
+            with pytorch_ops():
+                return run(**kwargs)
 
         variants = {"fp32": run, "bf16": lambda run=run, fast=fast: run(model=fast)}
         if device.type == "cpu":
-            variants["fp32, PyTorch deformable op"] = run_pytorch_op
+            variants["fp32, PyTorch ops"] = run_pytorch_ops
+            variants["bf16, PyTorch ops"] = lambda run=run_pytorch_ops, fast=fast: run(model=fast)
         exact, quick = run(), run(model=fast)
         agree = ((exact.pred_masks > 0) == (quick.pred_masks > 0)).float().mean().item()
         t = timed(variants, repeats, sync)
@@ -200,7 +209,8 @@ def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], 
                 "case": f"{name} 1x{frames}x{height}x{width}",
                 "ours": t["fp32"],
                 "fast": t["bf16"],
-                "pytorch_op": t.get("fp32, PyTorch deformable op"),
+                "pytorch_ops": t.get("fp32, PyTorch ops"),
+                "fast_pytorch_ops": t.get("bf16, PyTorch ops"),
                 "frames_per_s": frames / t["fp32"]["median_ms"] * 1000,
                 "fast_frames_per_s": frames / t["bf16"]["median_ms"] * 1000,
                 "fast_pixel_agreement": agree,
@@ -243,6 +253,106 @@ def bench_expressions(device: torch.device, repeats: int, sync: Callable[[], Non
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def compare_outputs(exact, fast) -> dict:
+    """One clip's fast (bf16) output against its exact (fp32) one: IoU of the output masks (all frames, logit > 0),
+    whether the chosen query is the same, the fp32 gap between the best and the runner-up query's mean score over
+    frames (what picks the query), and the largest change of a query's mean score."""
+    a, b = exact.pred_masks > 0, fast.pred_masks > 0
+    union = (a | b).sum().item()
+    scores_exact = exact.pred_logits.sigmoid().mean(1)  # [B, Q], mean over frames
+    scores_fast = fast.pred_logits.sigmoid().mean(1)
+    top2 = scores_exact.topk(2, dim=-1).values  # [B, 2]
+    return {
+        "iou": (a & b).sum().item() / union if union else 1.0,
+        "same_best_query": bool((exact.best_query == fast.best_query).all()),
+        "score_gap": (top2[:, 0] - top2[:, 1]).min().item(),
+        "score_change": (scores_exact - scores_fast).abs().max().item(),
+    }
+
+
+def summarise_agreement(case: str, clips: list[dict], with_ties: bool = True) -> dict:
+    """The agreement row of ``clips`` (:func:`compare_outputs` each). A near tie is a clip whose fp32 best and
+    runner-up scores are closer than twice the largest score change seen: the choice can flip on rounding alone."""
+    ious = [c["iou"] for c in clips]
+    row = {
+        "case": case,
+        "clips": len(clips),
+        "mean_iou": statistics.fmean(ious),
+        "min_iou": min(ious),
+        "same_best_query": statistics.fmean(c["same_best_query"] for c in clips),
+        "max_score_change": max(c["score_change"] for c in clips),
+        "near_ties": None,
+        "same_best_query_decisive": None,
+        "per_clip": clips,
+    }
+    if with_ties:
+        decisive = [c for c in clips if c["score_gap"] >= 2 * row["max_score_change"]]
+        row["near_ties"] = len(clips) - len(decisive)
+        if decisive:
+            row["same_best_query_decisive"] = statistics.fmean(c["same_best_query"] for c in decisive)
+    return row
+
+
+def bench_agreement(full: bool, clips: int, checkpoint: str | None, dataset: str | None) -> list[dict]:
+    """The fast mode's agreement with fp32: seeded official-layout Swin-T weights (``tests/parity``'s, the full
+    RoBERTa) on ``clips`` seeded clips of 3 x 192 x 256 (and 3 of 5 x 360 x 640 with ``--full``); with
+    ``--checkpoint`` and ``--dataset``, that trained model on every expression of the dataset's valid split."""
+    from sgmg.checkpoint.convert_official import model_from_official_state_dict
+    from sgmg.model.precision import set_inference_precision
+
+    sys.path.insert(0, str(ROOT / "tests" / "parity"))
+    from official_weights import make_official_state_dict, make_parity_tokens, make_parity_video
+
+    exact = model_from_official_state_dict(make_official_state_dict("video_swin_t", seed=0)).eval()
+    fast = set_inference_precision(copy.deepcopy(exact), "bf16")
+    sizes = [(3, 192, 256)] * clips + ([(5, 360, 640)] * 3 if full else [])
+    rows = []
+    for size in sorted(set(sizes)):
+        results = []
+        for seed in (i for i, s in enumerate(sizes) if s == size):
+            video = make_parity_video(1, *size, seed=seed)
+            ids, mask = make_parity_tokens([4 + seed % 9], seed=seed)  # 2..10 words between <s> and </s>
+            with torch.inference_mode():
+                results.append(compare_outputs(exact(video, ids, mask), fast(video, ids, mask)))
+        case = f"seeded official-layout Swin-T weights, {'x'.join(map(str, size))}"
+        rows.append(summarise_agreement(case, results))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_clip"}), flush=True)
+    if checkpoint:
+        rows.append(_trained_agreement(checkpoint, dataset))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_clip"}), flush=True)
+    return rows
+
+
+def _trained_agreement(checkpoint: str, dataset: str | None) -> dict:
+    """A trained checkpoint, fp32 against bf16, on every expression of ``dataset``'s valid split (Ref-YouTube-VOS
+    layout: ``valid/JPEGImages/<video>/*.jpg``, ``meta_expressions/valid/meta_expressions.json``), one forward per
+    expression on the whole video at the model's input size."""
+    import numpy as np
+    from PIL import Image
+
+    import sgmg
+    from sgmg.inference.predictor import RVOSPredictor
+    from sgmg.model.precision import set_inference_precision
+
+    if not dataset:
+        raise SystemExit("--checkpoint needs --dataset (the folder with valid/ and meta_expressions/)")
+    root = Path(dataset)
+    meta = json.loads((root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    predictor = RVOSPredictor(sgmg.load_checkpoint(checkpoint))  # fp32
+    fast = set_inference_precision(copy.deepcopy(predictor.model), "bf16")
+    results = []
+    for name, video in sorted(meta.items()):
+        paths = sorted((root / "valid" / "JPEGImages" / name).glob("*.jpg"))
+        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # [T, H, W, 3]
+        clip = predictor.preprocess(frames)  # [1, T, 3, h, w]
+        for _, expression in sorted(video["expressions"].items()):
+            ids, mask = predictor.tokenize(expression["exp"])
+            with torch.inference_mode():
+                results.append(compare_outputs(predictor.model(clip, ids, mask), fast(clip, ids, mask)))
+    case = f"trained checkpoint {Path(checkpoint).name}, {len(meta)} valid videos of {root.name}"
+    return summarise_agreement(case, results)
 
 
 def bench_train_step(device: torch.device, repeats: int, sync: Callable[[], None]) -> list[dict]:
@@ -312,17 +422,21 @@ def bench_train_step(device: torch.device, repeats: int, sync: Callable[[], None
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections; write ``--out``/model.json. Returns 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="op,forward,expressions,train_step")
+    parser.add_argument("--sections", default="op,forward,expressions,train_step,agreement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full", action="store_true", help="also the Swin-T forward at 5x360x640 (slow on CPU)")
     parser.add_argument("--out", default=str(ROOT / "bench_out"))
+    parser.add_argument("--clips", type=int, default=16, help="agreement: seeded clips of 3x192x256 (default 16)")
+    parser.add_argument("--checkpoint", help="agreement: also this trained checkpoint on --dataset's valid split")
+    parser.add_argument("--dataset", help="agreement: a Ref-YouTube-VOS-layout folder (e.g. make demo's synthetic)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"op", "forward", "expressions", "train_step"}
+    known = ("op", "forward", "expressions", "train_step", "agreement")
+    unknown = set(sections) - set(known)
     if unknown:
-        parser.error(f"unknown --sections {sorted(unknown)}; choose from op, forward, expressions, train_step")
+        parser.error(f"unknown --sections {sorted(unknown)}; choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
     tuned = tune_malloc()  # as the sgmg commands, Serve replicas and training workers run (sgmg.allocator)
     device = torch.device(args.device)
@@ -343,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         report["expressions"] = bench_expressions(device, args.repeats, sync)
     if "train_step" in sections:
         report["train_step"] = bench_train_step(device, args.repeats, sync)
+    if "agreement" in sections:
+        report["agreement"] = bench_agreement(args.full, args.clips, args.checkpoint, args.dataset)
     report["load_after"] = os.getloadavg()[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,15 +47,31 @@ def _model_tables(model: dict) -> list[str]:
         lines += [
             "### Eval forward",
             "",
-            "| case | fp32 ms | bf16 ms | fp32, PyTorch deformable op, ms | frames/s fp32 / bf16 | bf16 mask pixels "
-            "agreeing with fp32 |",
+            "| case | fp32 ms | bf16 ms | fp32 / bf16 on PyTorch ops (no C++ kernels), ms | frames/s fp32 / bf16 | "
+            "bf16 mask pixels agreeing with fp32 |",
             "|---|---|---|---|---|---|",
         ]
         for r in model["forward"]:
-            before = _ms(r["pytorch_op"]) if r.get("pytorch_op") else "-"
+            before = " / ".join(_ms(r[k]) if r.get(k) else "-" for k in ("pytorch_ops", "fast_pytorch_ops"))
             lines.append(
                 f"| {r['case']} | {_ms(r['ours'])} | {_ms(r['fast'])} | {before} | {r['frames_per_s']:.2f} / "
                 f"{r['fast_frames_per_s']:.2f} | {100 * r['fast_pixel_agreement']:.2f} % |"
+            )
+        lines.append("")
+    if "agreement" in model:
+        lines += [
+            "### Fast mode (bf16) against exact (fp32)",
+            "",
+            "| model and clips | clips | mask IoU mean (min) | same best query | near ties | same best query "
+            "outside near ties |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in model["agreement"]:
+            ties = "-" if r["near_ties"] is None else str(r["near_ties"])
+            decisive = "-" if r["same_best_query_decisive"] is None else f"{100 * r['same_best_query_decisive']:.1f} %"
+            lines.append(
+                f"| {r['case']} | {r['clips']} | {r['mean_iou']:.4f} ({r['min_iou']:.4f}) | "
+                f"{100 * r['same_best_query']:.1f} % | {ties} | {decisive} |"
             )
         lines.append("")
     if "train_step" in model:

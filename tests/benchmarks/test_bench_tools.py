@@ -72,13 +72,34 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
                 "case": "sgmg_tiny 1x3x144x192",
                 "ours": _timing(40.0),
                 "fast": _timing(30.0),
-                "pytorch_op": _timing(50.0),
+                "pytorch_ops": _timing(50.0),
+                "fast_pytorch_ops": _timing(45.0),
                 "frames_per_s": 75.0,
                 "fast_frames_per_s": 100.0,
                 "fast_pixel_agreement": 0.9951,
             }
         ],
         "train_step": [{"case": "sgmg_tiny train step, 1 clip", "ours": _timing(190.0), "clips_per_s": 5.26}],
+        "agreement": [
+            {
+                "case": "seeded Swin-T, 3x192x256",
+                "clips": 16,
+                "mean_iou": 0.9901,
+                "min_iou": 0.9811,
+                "same_best_query": 0.875,
+                "near_ties": 2,
+                "same_best_query_decisive": 1.0,
+            },
+            {
+                "case": "trained",
+                "clips": 132,
+                "mean_iou": 0.999,
+                "min_iou": 0.98,
+                "same_best_query": 1.0,
+                "near_ties": None,
+                "same_best_query_decisive": None,
+            },
+        ],
     }
     serve = {
         "clip": "4 x 96 x 128",
@@ -91,9 +112,11 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
     page = (tmp_path / "results.md").read_text()
     assert "| tiny 3x144x192 eval | 5.0 (4.5..5.5) | 7.5 (6.8..8.2) | stack | 1.50x |" in page
     assert (
-        "| sgmg_tiny 1x3x144x192 | 40.0 (36.0..44.0) | 30.0 (27.0..33.0) | 50.0 (45.0..55.0) | 75.00 / 100.00 "
-        "| 99.51 % |" in page
+        "| sgmg_tiny 1x3x144x192 | 40.0 (36.0..44.0) | 30.0 (27.0..33.0) | 50.0 (45.0..55.0) / 45.0 (40.5..49.5) "
+        "| 75.00 / 100.00 | 99.51 % |" in page
     )
+    assert "| seeded Swin-T, 3x192x256 | 16 | 0.9901 (0.9811) | 87.5 % | 2 | 100.0 % |" in page
+    assert "| trained | 132 | 0.9990 (0.9800) | 100.0 % | - | - |" in page
     assert "## GPU (`bench_gpu.py`)" in page and "Skipped: no CUDA device" in page
     assert "| batching on, c=8 | 19.10 (18.00..20.00) | 400 | 483 |" in page
     assert "`stream.json`" in page and "`train.json`" in page  # named as not measured
