@@ -5,7 +5,7 @@ window ``8x7x7`` and four stages whose *raw* outputs (no final LayerNorm, taken 
 strides 4/8/16/32, as in github.com/bo-miao/SgMg ``models/video_swin_transformer.py`` (facts only).
 
 The window attention is torchvision's :class:`~torchvision.models.video.swin_transformer.ShiftedWindowAttention3d`
-(with its softmax step fused by ``scaled_dot_product_attention``) and the merging is torchvision's ``PatchMerging``:
+(with its softmax step fused: :mod:`sgmg.model.ops.window_attention`) and the merging is torchvision's ``PatchMerging``:
 they reproduce the original numerics (window and shift shrink to the input size per axis, relative-position index
 truncated to the used window volume, the -100 shift mask computed on the padded grid, the same 2x2 merge order), and
 their parameter names match the released state dicts.
