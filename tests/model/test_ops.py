@@ -145,3 +145,20 @@ def test_mean_of_valid_conv_equals_the_average_pooled_conv() -> None:
         conv = nn.Conv2d(shape[1], 7, kernel_size=3, bias=bias)
         x = torch.randn(*shape)
         torch.testing.assert_close(mean_of_valid_conv(conv, x), conv(x).mean(dim=(2, 3)), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_equals_the_1x1_conv_and_its_gradients(bias: bool) -> None:
+    from sgmg.model.fusion import pointwise_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, kernel_size=1, bias=bias)
+    x = torch.randn(3, 6, 5, 7, requires_grad=True)
+    torch.testing.assert_close(pointwise_conv(conv, x), conv(x), atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(pointwise_conv(conv, x).square().sum(), [x, *conv.parameters()])
+    expected = torch.autograd.grad(conv(x).square().sum(), [x, *conv.parameters()])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    fast = conv.to(torch.bfloat16)  # as sgmg.model.precision's bf16 casts the spectral blocks' convs
+    with torch.inference_mode():
+        torch.testing.assert_close(pointwise_conv(fast, x.detach().bfloat16()), fast(x.detach().bfloat16()))
