@@ -264,11 +264,14 @@ def compare_outputs(exact, fast) -> dict:
     union = (a | b).sum().item()
     scores_exact = exact.pred_logits.sigmoid().mean(1)  # [B, Q], mean over frames
     scores_fast = fast.pred_logits.sigmoid().mean(1)
-    top2 = scores_exact.topk(2, dim=-1).values  # [B, 2]
+    gap = None  # one query: nothing to choose between
+    if scores_exact.shape[-1] > 1:
+        top2 = scores_exact.topk(2, dim=-1).values  # [B, 2]
+        gap = (top2[:, 0] - top2[:, 1]).min().item()
     return {
         "iou": (a & b).sum().item() / union if union else 1.0,
         "same_best_query": bool((exact.best_query == fast.best_query).all()),
-        "score_gap": (top2[:, 0] - top2[:, 1]).min().item(),
+        "score_gap": gap,
         "score_change": (scores_exact - scores_fast).abs().max().item(),
     }
 
@@ -283,14 +286,17 @@ def summarise_agreement(case: str, clips: list[dict], with_ties: bool = True) ->
         "clips": len(clips),
         "mean_iou": statistics.fmean(ious),
         "min_iou": min(ious),
-        "same_best_query": statistics.fmean(c["same_best_query"] for c in clips),
+        # None for a one-query model (the demo's): there is no choice to flip
+        "same_best_query": None
+        if all(c["score_gap"] is None for c in clips)
+        else statistics.fmean(c["same_best_query"] for c in clips),
         "max_score_change": max(c["score_change"] for c in clips),
         "near_ties": None,
         "same_best_query_decisive": None,
         "per_clip": clips,
     }
-    if with_ties:
-        decisive = [c for c in clips if c["score_gap"] >= 2 * c["score_change"]]
+    if with_ties and row["same_best_query"] is not None:
+        decisive = [c for c in clips if c["score_gap"] is None or c["score_gap"] >= 2 * c["score_change"]]
         row["near_ties"] = len(clips) - len(decisive)
         if decisive:
             row["same_best_query_decisive"] = statistics.fmean(c["same_best_query"] for c in decisive)
@@ -327,7 +333,7 @@ def bench_agreement(full: bool, clips: int, checkpoint: str | None, dataset: str
     return rows
 
 
-def _trained_agreement(checkpoint: str, dataset: str | None) -> dict:
+def _trained_agreement(checkpoint: str, dataset: str) -> dict:
     """A trained checkpoint, fp32 against bf16, on every expression of ``dataset``'s valid split (Ref-YouTube-VOS
     layout: ``valid/JPEGImages/<video>/*.jpg``, ``meta_expressions/valid/meta_expressions.json``), one forward per
     expression on the whole video at the model's input size."""
@@ -338,8 +344,6 @@ def _trained_agreement(checkpoint: str, dataset: str | None) -> dict:
     from sgmg.inference.predictor import RVOSPredictor
     from sgmg.model.precision import set_inference_precision
 
-    if not dataset:
-        raise SystemExit("--checkpoint needs --dataset (the folder with valid/ and meta_expressions/)")
     root = Path(dataset)
     meta = json.loads((root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
     predictor = RVOSPredictor(sgmg.load_checkpoint(checkpoint))  # fp32

@@ -69,9 +69,10 @@ def _model_tables(model: dict) -> list[str]:
         for r in model["agreement"]:
             ties = "-" if r["near_ties"] is None else str(r["near_ties"])
             decisive = "-" if r["same_best_query_decisive"] is None else f"{100 * r['same_best_query_decisive']:.1f} %"
+            same = "- (one query)" if r["same_best_query"] is None else f"{100 * r['same_best_query']:.1f} %"
             lines.append(
-                f"| {r['case']} | {r['clips']} | {r['mean_iou']:.4f} ({r['min_iou']:.4f}) | "
-                f"{100 * r['same_best_query']:.1f} % | {ties} | {decisive} |"
+                f"| {r['case']} | {r['clips']} | {r['mean_iou']:.4f} ({r['min_iou']:.4f}) | {same} | {ties} | "
+                f"{decisive} |"
             )
         lines.append("")
     if "train_step" in model:

@@ -95,7 +95,7 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
                 "clips": 132,
                 "mean_iou": 0.999,
                 "min_iou": 0.98,
-                "same_best_query": 1.0,
+                "same_best_query": None,
                 "near_ties": None,
                 "same_best_query_decisive": None,
             },
@@ -116,7 +116,7 @@ def test_report_renders_each_sections_rows_and_names_what_was_not_measured(tmp_p
         "| 75.00 / 100.00 | 99.51 % |" in page
     )
     assert "| seeded Swin-T, 3x192x256 | 16 | 0.9901 (0.9811) | 87.5 % | 2 | 100.0 % |" in page
-    assert "| trained | 132 | 0.9990 (0.9800) | 100.0 % | - | - |" in page
+    assert "| trained | 132 | 0.9990 (0.9800) | - (one query) | - | - |" in page
     assert "## GPU (`bench_gpu.py`)" in page and "Skipped: no CUDA device" in page
     assert "| batching on, c=8 | 19.10 (18.00..20.00) | 400 | 483 |" in page
     assert "`stream.json`" in page and "`train.json`" in page  # named as not measured
