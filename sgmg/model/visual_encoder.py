@@ -67,9 +67,9 @@ class WindowAttention3d(ShiftedWindowAttention3d):
     :func:`~sgmg.model.ops.window_attention.window_attention`.
 
     Parameters, buffers, window/shift shrinking, padding, the relative-position bias and the -100 shift mask are
-    torchvision's; only the softmax(QK^T + bias + mask)V step is fused (``scaled_dot_product_attention``, about 25%
-    faster on CPU than torchvision's steps, or in the bf16 fast mode our C++ kernel; same numerics up to float
-    rounding), and the shift mask, zero in all windows but those on the far edge of a shifted axis, is added only
+    torchvision's; only the softmax(QK^T + bias + mask)V step is fused (our C++ kernel in inference on AVX-512 CPUs,
+    ``scaled_dot_product_attention`` elsewhere, about 25% faster on CPU than torchvision's steps; same numerics up to
+    float rounding), and the shift mask, zero in all windows but those on the far edge of a shifted axis, is added only
     there instead of to a ``[windows, heads, N, N]`` copy of the bias. Dropout is not supported (the official model
     uses none).
     """

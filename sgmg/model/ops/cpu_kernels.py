@@ -1,17 +1,18 @@
 """The C++ CPU kernels of :mod:`sgmg.model.ops` (``csrc/``), compiled once per machine and loaded on first use.
 
 ``make venv`` builds them right after installing (``python -m sgmg.model.ops.cpu_kernels``); otherwise the first
-process that needs them compiles them (about 30 s on 2 cores; PyTorch's ``torch.utils.cpp_extension.load``, which
+process that needs them compiles them (about 45 s on 2 cores; PyTorch's ``torch.utils.cpp_extension.load``, which
 caches the build under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and lets concurrent
 processes wait for one build). Without a C++ compiler the ops fall back to their pure PyTorch formulation, with one
 warning. ``SGMG_CPU_KERNELS=0`` turns the kernels off (the pure PyTorch ops everywhere).
 
-Two kernels: the multi-scale deformable attention (float32, forward and backward) and the Video Swin window attention
-of the bf16 fast mode (AVX-512 BF16 CPUs only: ``window_attention_supported()`` says; compiled for any x86-64 with
-per-function target attributes, so the module loads everywhere). We compile our own rather than use a library: no
-PyPI package ships a CPU multi-scale deformable attention for this PyTorch (mmcv's is CUDA-only, and its wheels are
-built for other PyTorch releases), and PyTorch's own CPU attention spends most of its time on the tiny matrix
-multiplies of 245-token windows with 32-wide heads (2.4x slower than ours there).
+Two kernels: the multi-scale deformable attention (float32, forward and backward) and the Video Swin window
+attention (inference, float32 on AVX-512 CPUs and bfloat16 on AVX-512 BF16 ones:
+``window_attention_supported(bf16)`` says; compiled for any x86-64 with per-function target attributes, so the
+module loads everywhere). We compile our own rather than use a library: no PyPI package ships a CPU multi-scale
+deformable attention for this PyTorch (mmcv's is CUDA-only, and its wheels are built for other PyTorch releases),
+and PyTorch's own CPU attention spends most of its time on the tiny matrix multiplies of 245-token windows with
+32-wide heads (1.8x slower than ours there in float32, 2.4x in bfloat16).
 """
 
 from __future__ import annotations

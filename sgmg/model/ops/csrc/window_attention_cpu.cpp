@@ -14,9 +14,8 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -251,17 +250,20 @@ torch::Tensor window_attention(const torch::Tensor& qkv, const torch::Tensor& bi
   const float* b = bias.data_ptr<float>();
   const float* mk = masks.data_ptr<float>();
   const float sc = static_cast<float>(scale);
+  // bf16 as its raw 16 bits (the kernels load and convert them themselves)
+  const auto* src16 = bf16 ? reinterpret_cast<const uint16_t*>(qkv.data_ptr<at::BFloat16>()) : nullptr;
+  auto* dst16 = bf16 ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
+  const float* src32 = bf16 ? nullptr : qkv.data_ptr<float>();
+  float* dst32 = bf16 ? nullptr : out.data_ptr<float>();
   at::parallel_for(0, w * heads, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch((n + 31) / 32 * 32, bf16);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t win = item / heads, head = item % heads;
       const float* mask = which[win] < 0 ? nullptr : mk + which[win] * n * n;
       if (bf16) {
-        const auto* src = reinterpret_cast<const uint16_t*>(qkv.data_ptr<at::BFloat16>());
-        auto* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-        attend_bf16(window_at(src, dst, win, head, n, heads, b, mask), sc, scratch);
+        attend_bf16(window_at(src16, dst16, win, head, n, heads, b, mask), sc, scratch);
       } else {
-        attend_f32(window_at(qkv.data_ptr<float>(), out.data_ptr<float>(), win, head, n, heads, b, mask), sc, scratch);
+        attend_f32(window_at(src32, dst32, win, head, n, heads, b, mask), sc, scratch);
       }
     }
   });
