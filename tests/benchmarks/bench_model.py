@@ -276,7 +276,7 @@ def compare_outputs(exact, fast) -> dict:
     }
 
 
-def summarise_agreement(case: str, clips: list[dict], with_ties: bool = True) -> dict:
+def summarise_agreement(case: str, clips: list[dict]) -> dict:
     """The agreement row of ``clips`` (:func:`compare_outputs` each). A near tie is a clip whose fp32 best and
     runner-up scores are closer than twice the largest change bf16 made to a query's score on that clip: only there
     can the choice flip."""
@@ -295,7 +295,7 @@ def summarise_agreement(case: str, clips: list[dict], with_ties: bool = True) ->
         "same_best_query_decisive": None,
         "per_clip": clips,
     }
-    if with_ties and row["same_best_query"] is not None:
+    if row["same_best_query"] is not None:
         decisive = [c for c in clips if c["score_gap"] is None or c["score_gap"] >= 2 * c["score_change"]]
         row["near_ties"] = len(clips) - len(decisive)
         if decisive:
@@ -337,30 +337,26 @@ def bench_agreement(full: bool, clips: int, checkpoint: str | None, dataset: str
 
 
 def _trained_agreement(checkpoint: str, dataset: str) -> dict:
-    """A trained checkpoint, fp32 against bf16, on every expression of ``dataset``'s valid split (Ref-YouTube-VOS
-    layout: ``valid/JPEGImages/<video>/*.jpg``, ``meta_expressions/valid/meta_expressions.json``), one forward per
-    expression on the whole video at the model's input size."""
-    import numpy as np
-    from PIL import Image
-
+    """A trained checkpoint, fp32 against bf16, on every expression of ``dataset``'s valid split (any format
+    :func:`sgmg.data.datasets.open_dataset` reads), one forward per expression on the whole video at the model's
+    input size."""
     import sgmg
+    from sgmg.data.datasets import detect_format, open_dataset
     from sgmg.inference.predictor import RVOSPredictor
     from sgmg.model.precision import set_inference_precision
 
-    root = Path(dataset)
-    meta = json.loads((root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    reader = open_dataset(detect_format(dataset), dataset, split="valid")
+    records = reader.list_videos()
     predictor = RVOSPredictor(sgmg.load_checkpoint(checkpoint))  # fp32
     fast = set_inference_precision(copy.deepcopy(predictor.model), "bf16")
     results = []
-    for name, video in sorted(meta.items()):
-        paths = sorted((root / "valid" / "JPEGImages" / name).glob("*.jpg"))
-        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # [T, H, W, 3]
-        clip = predictor.preprocess(frames)  # [1, T, 3, h, w]
-        for _, expression in sorted(video["expressions"].items()):
-            ids, mask = predictor.tokenize(expression["exp"])
+    for record in records:
+        clip = predictor.preprocess(reader.load_video(record).frames)  # [1, T, 3, h, w]
+        for expression in record.expressions:
+            ids, mask = predictor.tokenize(expression.text)
             with torch.inference_mode():
                 results.append(compare_outputs(predictor.model(clip, ids, mask), fast(clip, ids, mask)))
-    case = f"trained checkpoint {Path(checkpoint).name}, {len(meta)} valid videos of {root.name}"
+    case = f"trained checkpoint {Path(checkpoint).name}, {len(records)} valid videos of {Path(dataset).name}"
     return summarise_agreement(case, results)
 
 
@@ -447,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="agreement: a Ref-YouTube-VOS-layout folder (e.g. make demo's synthetic)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.checkpoint and not args.dataset:
+        parser.error("--checkpoint needs --dataset (the dataset folder whose valid split it is run on)")
     known = ("op", "forward", "expressions", "train_step", "agreement")
     unknown = set(sections) - set(known)
     if unknown:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sgmg.model.ops.ms_deform_attn import ms_deform_attn
@@ -148,3 +149,25 @@ def test_gpu_benchmark_skips_cleanly_without_cuda_and_runs_end_to_end(tmp_path, 
         "| sgmg_tiny train step, 1 clip of 2x64x96, fp32, gradient checkpointing on |"
         in (tmp_path / "results.md").read_text()
     )
+
+
+def test_agreement_flags_are_checked_before_anything_runs(capsys, tmp_path: Path):
+    bench = _load("bench_model")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--sections", "agreement", "--checkpoint", "ckpt", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "--checkpoint needs --dataset" in capsys.readouterr().err
+    assert not (tmp_path / "model.json").exists()
+
+
+def test_agreement_summary_counts_near_ties_and_one_query_models():
+    bench = _load("bench_model")
+    clips = [
+        {"iou": 0.99, "same_best_query": True, "score_gap": 0.01, "score_change": 0.001},
+        {"iou": 0.60, "same_best_query": False, "score_gap": 0.0001, "score_change": 0.001},  # a near tie
+    ]
+    row = bench.summarise_agreement("case", clips)
+    assert row["same_best_query"] == 0.5 and row["near_ties"] == 1 and row["same_best_query_decisive"] == 1.0
+    assert row["mean_iou"] == pytest.approx(0.795) and row["min_iou"] == 0.6
+    single = [{"iou": 1.0, "same_best_query": True, "score_gap": None, "score_change": 0.0}]
+    row = bench.summarise_agreement("one query", single)
+    assert row["same_best_query"] is None and row["near_ties"] is None
