@@ -102,15 +102,33 @@ def test_the_kernel_is_used_in_inference_only(dtype: torch.dtype, monkeypatch: p
 
 
 class _Spy:
-    def __init__(self, kernels, calls: list) -> None:
-        self._kernels, self._calls = kernels, calls
+    def __init__(self, kernels, calls: list, cpu_has_avx512: bool = True) -> None:
+        self._kernels, self._calls, self._cpu_has_avx512 = kernels, calls, cpu_has_avx512
 
     def window_attention_supported(self, bf16: bool) -> bool:
-        return self._kernels.window_attention_supported(bf16)
+        return self._cpu_has_avx512 and self._kernels.window_attention_supported(bf16)
 
     def window_attention(self, *args):
         self._calls.append(args)
         return self._kernels.window_attention(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_cpu_without_avx512_falls_back_to_sdpa(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = ck.cpu_kernels()
+    assert kernels is not None, "the C++ kernels did not build: run `python -m sgmg.model.ops.cpu_kernels`"
+    calls = []
+    monkeypatch.setattr(wa, "cpu_kernels", lambda: _Spy(kernels, calls, cpu_has_avx512=False))
+    qkv, bias, window_mask, masks = _inputs(6, 2, 30, 2)
+    qkv = qkv.to(dtype)
+    with torch.inference_mode():
+        got = wa.window_attention(qkv, bias, window_mask, masks)
+    assert not calls and got.dtype == dtype
+    if dtype == torch.bfloat16:  # PyTorch's attention in bf16, exactly
+        expected = _sdpa_in_bf16(qkv, bias, window_mask, masks)
+    else:
+        expected = _reference(qkv, bias, window_mask, masks).float()
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
 def test_kernels_off_fall_back_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
