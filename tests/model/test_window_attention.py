@@ -14,7 +14,7 @@ from sgmg.model.ops import window_attention as wa
 def _kernels(bf16: bool):
     kernels = ck.cpu_kernels()
     assert kernels is not None, "the C++ kernels did not build: run `python -m sgmg.model.ops.cpu_kernels`"
-    if not kernels.window_attention_supported(bf16):
+    if not kernels.avx512_supported(bf16):
         pytest.skip(f"this CPU lacks AVX-512{' BF16' if bf16 else ''}: the window attention kernel is not used here")
     return kernels
 
@@ -105,8 +105,8 @@ class _Spy:
     def __init__(self, kernels, calls: list, cpu_has_avx512: bool = True) -> None:
         self._kernels, self._calls, self._cpu_has_avx512 = kernels, calls, cpu_has_avx512
 
-    def window_attention_supported(self, bf16: bool) -> bool:
-        return self._cpu_has_avx512 and self._kernels.window_attention_supported(bf16)
+    def avx512_supported(self, bf16: bool) -> bool:
+        return self._cpu_has_avx512 and self._kernels.avx512_supported(bf16)
 
     def window_attention(self, *args):
         self._calls.append(args)

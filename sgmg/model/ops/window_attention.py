@@ -65,6 +65,6 @@ def _kernels_for(qkv: Tensor) -> ModuleType | None:
     if records_grad(qkv):
         return None
     kernels = cpu_kernels()
-    if kernels is None or not kernels.window_attention_supported(qkv.dtype == torch.bfloat16):
+    if kernels is None or not kernels.avx512_supported(qkv.dtype == torch.bfloat16):
         return None
     return kernels

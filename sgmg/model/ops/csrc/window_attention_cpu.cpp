@@ -7,7 +7,7 @@
 // permutes around scaled_dot_product_attention are gone. PyTorch's CPU kernel spends most of its time on the many
 // tiny matrix multiplies of 245-token windows with 32-wide heads; this one packs K (and V) once per window and head
 // and computes 8 query rows at a time. Compiled for any x86-64 (per-function target attributes); callers check
-// window_attention_supported() and fall back to scaled_dot_product_attention. Threads: ATen's intra-op pool.
+// avx512_supported() and fall back to scaled_dot_product_attention. Threads: ATen's intra-op pool.
 // Bound to Python in bindings.cpp.
 #include "kernels.h"
 
@@ -24,9 +24,6 @@ namespace {
 constexpr int kHeadDim = 32;  // channels per head (every Video Swin variant)
 constexpr int kPairs = kHeadDim / 2;
 constexpr int kRows = 8;  // query rows computed together (register blocking)
-
-#define SGMG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-#define SGMG_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 // exp(x) for x <= 0 (scores minus their row maximum), float32, ~1 ulp: 2^n * p(r) with r = x - n ln 2 in
 // [-ln2/2, ln2/2] and a degree-6 polynomial; inputs below -87 give 0.
@@ -219,12 +216,6 @@ Window<T> window_at(const T* qkv, T* out, int64_t win, int64_t head, int64_t n, 
 
 }  // namespace
 
-bool window_attention_supported(bool bf16) {
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return avx512 && (!bf16 || __builtin_cpu_supports("avx512bf16"));
-}
-
 // qkv: [W, N, 3, heads, 32] float32 or bf16; bias: [heads, N, N] float32; window_mask: [W] int64, index into masks
 // or -1; masks: [K, N, N] float32. Returns [W, N, heads * 32] in qkv's dtype.
 torch::Tensor window_attention(const torch::Tensor& qkv, const torch::Tensor& bias, const torch::Tensor& window_mask,
@@ -233,7 +224,7 @@ torch::Tensor window_attention(const torch::Tensor& qkv, const torch::Tensor& bi
   TORCH_CHECK(qkv.device().is_cpu() && (bf16 || qkv.scalar_type() == torch::kFloat) && qkv.dim() == 5 &&
                   qkv.size(2) == 3 && qkv.size(4) == kHeadDim && qkv.is_contiguous(),
               "qkv must be a contiguous CPU float32 or bfloat16 [windows, N, 3, heads, 32] tensor");
-  TORCH_CHECK(window_attention_supported(bf16), "window_attention needs a CPU with AVX-512", bf16 ? " BF16" : "");
+  TORCH_CHECK(avx512_supported(bf16), "window_attention needs a CPU with AVX-512", bf16 ? " BF16" : "");
   const int64_t w = qkv.size(0), n = qkv.size(1), heads = qkv.size(3);
   TORCH_CHECK(bias.scalar_type() == torch::kFloat && bias.is_contiguous() &&
                   bias.sizes() == torch::IntArrayRef({heads, n, n}),
