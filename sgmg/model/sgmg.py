@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgmg.model.layers import MLP, refine_boxes
+from sgmg.model.layers import MLP, refine_boxes, resize_bicubic
 from sgmg.model.outputs import LayerOutput, SgMgOutput, VisualFeatures
 from sgmg.model.position_encoding import PositionEmbeddingSine1D, PositionEmbeddingSine2D
 
@@ -215,9 +215,7 @@ class SgMg(nn.Module):
         query_pos = self.query_embed.weight[None].expand(b * t, q, c)  # [B*T, Q, C]
         hs, memory, init_ref, refs = self.transformer(srcs, masks, poses, tgt, query_pos, self.bbox_embed)
 
-        mask_feats = memory[0] + sum(
-            F.interpolate(m, size=memory[0].shape[-2:], mode="bicubic", align_corners=False) for m in memory[1:]
-        )
+        mask_feats = memory[0] + sum(resize_bicubic(m, memory[0].shape[-2:]) for m in memory[1:])
         mask_feats = mask_feats.view(b, t, *mask_feats.shape[1:])  # [B, T, C, h8, w8]
         feats_s4 = feats[0].view(b, t, *feats[0].shape[1:])  # [B, T, C4, H/4, W/4]
         feats_s8 = feats[1].view(b, t, *feats[1].shape[1:])  # [B, T, C8, H/8, W/8]

@@ -162,3 +162,28 @@ def test_pointwise_conv_equals_the_1x1_conv_and_its_gradients(bias: bool) -> Non
     fast = conv.to(torch.bfloat16)  # as sgmg.model.precision's bf16 casts the spectral blocks' convs
     with torch.inference_mode():
         torch.testing.assert_close(pointwise_conv(fast, x.detach().bfloat16()), fast(x.detach().bfloat16()))
+
+
+# the mask features' resizes (stride 16 and 32 to 8, odd sizes), a downsize, 1-pixel maps, and no resize at all
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((3, 4, 12, 16), (24, 32)),
+        ((2, 3, 23, 40), (45, 80)),
+        ((1, 2, 9, 7), (4, 5)),
+        ((1, 1, 1, 3), (2, 1)),
+        ((2, 5, 6, 8), (6, 8)),
+    ],
+)
+def test_resize_bicubic_equals_f_interpolate_and_its_gradients(shape: tuple, size: tuple) -> None:
+    from sgmg.model.layers import resize_bicubic
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    got, expected = resize_bicubic(x, size), F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    grad = torch.randn_like(expected)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    (want_grad,) = torch.autograd.grad(expected, x, grad)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-5, rtol=1e-5)
