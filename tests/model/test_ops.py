@@ -187,3 +187,12 @@ def test_resize_bicubic_equals_f_interpolate_and_its_gradients(shape: tuple, siz
     (got_grad,) = torch.autograd.grad(got, x, grad)
     (want_grad,) = torch.autograd.grad(expected, x, grad)
     torch.testing.assert_close(got_grad, want_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_the_decoder_samples_first_and_the_encoder_never() -> None:
+    from sgmg.model.ops.ms_deform_attn import _samples_first
+
+    for s in (1020, 4820):  # 3 x 192 x 256 and 5 x 360 x 640: sum(h * w) of 4 levels
+        value = torch.empty(1, s, 256)
+        assert _samples_first(5, 8, 16, value)  # the decoder: 5 queries, 8 heads, 4 levels x 4 points
+        assert not _samples_first(s, 8, 16, value)  # the encoder: every value is a query

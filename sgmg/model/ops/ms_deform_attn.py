@@ -83,6 +83,14 @@ def ms_deform_attn_pytorch(
     return out.view(b, m * d, lq).transpose(1, 2)  # [B, Lq, M*D]
 
 
+def _samples_first(queries: int, heads: int, points: int, value_in: Tensor) -> bool:
+    """Whether sampling ``value_in [B, S, C]`` before its projection is fewer multiplies: each (query, head) gathers
+    ``points`` x 4 bilinear corners of all C channels and projects its sum to C / heads channels, against a C x C
+    projection of all S values."""
+    _, s, c = value_in.shape
+    return queries * heads * (points * 4 + c // heads) < s * c
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Deformable attention over L feature levels with P sampling points per head and level.
 
@@ -162,9 +170,9 @@ class MultiScaleDeformableAttention(nn.Module):
         b, lq, _ = query.shape
         m, num_levels, p = self.num_heads, self.num_levels, self.num_points
         locations, weights = self._locations_and_weights(query, reference_points, spatial_shapes)
-        # Few queries over many values (the decoder: Q per frame against every pixel of 4 levels): the bilinear
-        # samples are far fewer than the value rows, so sample the unprojected input first and project the samples.
-        if not records_grad(query, value_in, *self.parameters()) and lq * m * num_levels * p * 4 < value_in.shape[1]:
+        # Few queries over many values (the decoder: Q per frame against every pixel of 4 levels): sample the
+        # unprojected input first and project the samples when that is fewer multiplies than projecting every value.
+        if not records_grad(query, value_in, *self.parameters()) and _samples_first(lq, m, num_levels * p, value_in):
             return self.output_proj(self._sample_then_project(value_in, pad_mask, spatial_shapes, locations, weights))
         value = self.value_proj(value_in)
         if pad_mask is not None:
