@@ -12,7 +12,7 @@ from sgmg.model.deformable_transformer import DeformableTransformer
 from sgmg.model.fusion import SpectralFilterBlock, SpectrumGuidedFusion, TextCrossAttention
 from sgmg.model.mask_head import ConditionalMaskHead
 from sgmg.model.multi_granularity_refiner import MultiGranularityRefiner
-from sgmg.model.ops.linear import use_few_rows_kernel
+from sgmg.model.ops.linear import use_inference_linear
 from sgmg.model.sgmg import SgMg
 from sgmg.model.text_encoder import TextEncoder, TextProjection, build_text_model
 from sgmg.model.visual_encoder import VideoSwinTransformer, load_kinetics_weights
@@ -96,7 +96,7 @@ def build_sgmg(config: SgMgConfig, *, load_pretrained: bool = True) -> SgMg:
         num_decoder_layers=tcfg.dec_layers,
     )
     model.config = config
-    use_few_rows_kernel(model)  # the text encoder's and decoder's linears: a C++ kernel for few rows at inference
+    use_inference_linear(model)  # inference on CPU: a C++ kernel for few rows, oneDNN for the rest
     if config.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     return model

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from sgmg.model.layers import feed_forward, refine_boxes
+from sgmg.model.layers import refine_boxes
+from sgmg.model.ops.linear import feed_forward
 from sgmg.model.ops.ms_deform_attn import MultiScaleDeformableAttention
 
 

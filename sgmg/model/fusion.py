@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgmg.model.ops.linear import channel_mix
+
 
 def gaussian_map(height: int, width: int, sigma: float, device: torch.device) -> Tensor:
     """``exp(-((y - h//2)^2 + (x - w//2)^2) / (2 sigma^2))`` as ``[1, 1, h, w]`` float32."""
@@ -42,17 +44,16 @@ def mean_of_valid_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def pointwise_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` of a 1x1, stride-1, ungrouped conv as one batched matrix multiply, ``[N, C_in, h, w] ->
-    [N, C_out, h, w]``: the ``[C_out, C_in]`` weight times each frame's ``[C_in, h*w]`` (no copy of the weight or of
-    ``x``). oneDNN's 1x1 convolution on NCHW took 1.2x (float32) to 1.6x (bfloat16) as long for the spectral blocks'
-    512-channel convs at the stride-8 level of 5 x 360 x 640; the same value up to float summation order.
+    """``conv(x)`` of a 1x1, stride-1, ungrouped conv as a matrix multiply per frame, ``[N, C_in, h, w] ->
+    [N, C_out, h, w]``: the ``[C_out, C_in]`` weight times each frame's ``[C_in, h*w]``
+    (:func:`sgmg.model.ops.linear.channel_mix`: oneDNN at inference on CPU, else one batched multiply; no copy of the
+    weight or of ``x``). oneDNN's 1x1 convolution on NCHW took 1.2x (float32) to 1.6x (bfloat16) as long as the
+    batched multiply for the spectral blocks' 512-channel convs at the stride-8 level of 5 x 360 x 640; the same value
+    up to float summation order.
     """
     n, c, h, w = x.shape
-    weight = conv.weight.view(conv.out_channels, c).expand(n, -1, -1)  # [N, C_out, C_in]
-    out = x.view(n, c, h * w)  # [N, C_in, h*w]
-    if conv.bias is None:
-        return torch.bmm(weight, out).view(n, -1, h, w)
-    return torch.baddbmm(conv.bias.view(1, -1, 1), weight, out).view(n, -1, h, w)
+    out = channel_mix(conv.weight.view(conv.out_channels, c), conv.bias, x.view(n, c, h * w))  # [N, C_out, h*w]
+    return out.view(n, -1, h, w)
 
 
 class SpectralFilterBlock(nn.Module):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,37 +77,3 @@ def _bicubic_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
 def records_grad(*tensors: Tensor) -> bool:
     """True if autograd is recording an op on ``tensors`` (grad mode on and one of them requires grad)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def feed_forward(x: Tensor, fc1: nn.Linear, activation: Callable[[Tensor], Tensor], fc2: nn.Linear) -> Tensor:
-    """``fc2(activation(fc1(x)))``, in row blocks when no gradient is being recorded.
-
-    ``[..., C] -> [..., C_out]``. At inference the hidden activations of the whole input (e.g. ``[24500, 2048]``
-    floats, 200 MB, in the deformable encoder at 5 x 360 x 640) would be written, activated and read back from memory;
-    blocks of :data:`FFN_BLOCK_ELEMENTS` hidden values written into one reused buffer stay in cache and cost no
-    fresh pages. Each row is computed with the same operations, so the result is the same up to the matrix
-    multiply's own float rounding, which can depend on the row count (1.4x faster for that FFN on 2 cores).
-    ``activation`` may work in place. With autograd recording or autocast on, one plain pass.
-    """
-    if records_grad(x, fc1.weight, fc2.weight) or torch.is_autocast_enabled(x.device.type):  # no out= in autocast
-        return fc2(activation(fc1(x)))
-    rows = x.reshape(-1, x.shape[-1])  # [N, C]
-    n = rows.shape[0]
-    out = rows.new_empty(n, fc2.out_features)  # [N, C_out]
-    step = max(64, FFN_BLOCK_ELEMENTS // fc1.out_features)  # rows a block
-    hidden = rows.new_empty(min(n, step), fc1.out_features)  # [n, C_hidden], reused by every block
-    for start in range(0, n, step):
-        block = rows[start : start + step]
-        h = activation(_linear_into(block, fc1, hidden[: block.shape[0]]))
-        _linear_into(h, fc2, out[start : start + block.shape[0]])
-    return out.view(*x.shape[:-1], fc2.out_features)
-
-
-def _linear_into(x: Tensor, linear: nn.Linear, out: Tensor) -> Tensor:
-    """``linear(x)`` written into ``out`` (``[n, C_in] -> [n, C_out]``)."""
-    if linear.bias is None:
-        return torch.mm(x, linear.weight.t(), out=out)
-    return torch.addmm(linear.bias, x, linear.weight.t(), out=out)
-
-
-FFN_BLOCK_ELEMENTS = 2**20  # hidden activations a block (4 MB in float32: 512 rows of a 2048-wide FFN)

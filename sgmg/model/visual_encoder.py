@@ -30,7 +30,7 @@ from torchvision.models.video.swin_transformer import (
     _get_window_and_shift_size,
 )
 
-from sgmg.model.layers import feed_forward
+from sgmg.model.ops.linear import feed_forward
 from sgmg.model.ops.window_attention import window_attention
 
 logger = logging.getLogger(__name__)

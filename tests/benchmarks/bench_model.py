@@ -160,18 +160,19 @@ def _video_and_text(model, frames: int, height: int, width: int, n: int, device:
 
 @contextlib.contextmanager
 def pytorch_ops():
-    """The model on its PyTorch ops (the C++ kernels off: what runs without a compiler), for the before/after rows:
-    the deformable attention on its ``grid_sample`` formulation, the window attention on
-    ``scaled_dot_product_attention``."""
+    """The model on its PyTorch ops (the C++ kernels and the oneDNN routing off: what ``SGMG_CPU_KERNELS=0`` runs),
+    for the before/after rows: the deformable attention on its ``grid_sample`` formulation, the window attention on
+    ``scaled_dot_product_attention``, the linear layers and 1x1 channel mixing on ``F.linear`` / ``torch.baddbmm``."""
+    import sgmg.model.ops.linear as linear
     import sgmg.model.ops.ms_deform_attn as deform
     import sgmg.model.ops.window_attention as window
 
-    saved = deform.cpu_kernels, window.cpu_kernels
-    deform.cpu_kernels = window.cpu_kernels = lambda: None
+    saved = deform.cpu_kernels, window.cpu_kernels, linear.cpu_kernels, linear.onednn_linear
+    deform.cpu_kernels = window.cpu_kernels = linear.cpu_kernels = linear.onednn_linear = lambda: None
     try:
         yield
     finally:
-        deform.cpu_kernels, window.cpu_kernels = saved
+        deform.cpu_kernels, window.cpu_kernels, linear.cpu_kernels, linear.onednn_linear = saved
 
 
 def bench_forward(device: torch.device, repeats: int, sync: Callable[[], None], full: bool) -> list[dict]:

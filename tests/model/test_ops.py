@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgmg.model.layers import FFN_BLOCK_ELEMENTS, feed_forward
 from sgmg.model.ops import cpu_kernels as ck
 from sgmg.model.ops.ms_deform_attn import (
     MultiScaleDeformableAttention,
@@ -118,23 +117,6 @@ def test_few_queries_sample_the_input_then_project(padded: bool, kernels: str, m
         torch.testing.assert_close(sampled_first, projected_first.detach(), atol=1e-6, rtol=1e-5)
     finally:
         ck.cpu_kernels.cache_clear()
-
-
-def test_feed_forward_in_row_blocks_equals_one_pass() -> None:
-    torch.manual_seed(0)
-    fc1, fc2 = nn.Linear(6, 10), nn.Linear(10, 4)
-    x = torch.randn(3, FFN_BLOCK_ELEMENTS // 10 + 7, 6)  # more rows than a block (of a 10-wide hidden), one partial
-    with torch.no_grad():
-        plain = fc2(F.relu(fc1(x)))
-        torch.testing.assert_close(feed_forward(x, fc1, F.relu, fc2), plain, atol=1e-6, rtol=1e-6)
-        fc2_nobias = nn.Linear(10, 4, bias=False)
-        torch.testing.assert_close(
-            feed_forward(x, fc1, F.relu, fc2_nobias), fc2_nobias(F.relu(fc1(x))), atol=1e-6, rtol=1e-6
-        )
-    # with autograd recording: one plain pass, gradients flow
-    out = feed_forward(x, fc1, F.relu, fc2)
-    out.sum().backward()
-    assert fc1.weight.grad is not None and out.shape == (3, FFN_BLOCK_ELEMENTS // 10 + 7, 4)
 
 
 def test_mean_of_valid_conv_equals_the_average_pooled_conv() -> None:
