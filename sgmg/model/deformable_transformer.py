@@ -7,6 +7,8 @@ layers). Upstream: github.com/bo-miao/SgMg ``models/deformable_transformer.py`` 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -54,15 +56,13 @@ class DeformableEncoderLayer(nn.Module):
     ) -> Tensor:
         """``src [B*T, sum(h*w), C]`` -> same shape."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, ref_points, src, spatial_shapes, pad_mask)))
-        # the FFN runs in its weights' dtype (bfloat16 after sgmg.model.precision's "bf16"), the rest in src's
-        ffn = feed_forward(
-            src.to(self.linear1.weight.dtype),
-            self.linear1,
-            lambda h: self.dropout2(F.relu(h, inplace=True)),
-            self.linear2,
-        )
-        ffn = ffn.to(src.dtype)
-        return self.norm2(src + self.dropout3(ffn))
+        if self.training:
+            ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+            return self.norm2(src + self.dropout3(ffn))
+        # norm2(src + FFN(src)) in row blocks; the FFN in its weights' dtype (bfloat16 after sgmg.model.precision's
+        # "bf16"), the rest in src's
+        relu = functools.partial(F.relu, inplace=True)
+        return feed_forward(src, self.linear1, relu, self.linear2, residual=True, post=self.norm2)
 
 
 class DeformableDecoderLayer(nn.Module):

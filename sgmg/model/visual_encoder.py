@@ -30,7 +30,7 @@ from torchvision.models.video.swin_transformer import (
     _get_window_and_shift_size,
 )
 
-from sgmg.model.ops.linear import feed_forward
+from sgmg.model.ops.linear import feed_forward, linear
 from sgmg.model.ops.window_attention import window_attention
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, T, H, W, C] -> [B, T, H, W, C]``."""
+        """``[B, T, H, W, C] -> [B, T, H, W, C]`` (a view, not contiguous, when the windows needed padding)."""
         b, t, h, w, c = x.shape
         ws, ss = _get_window_and_shift_size(list(self.shift_size), [t, h, w], list(self.window_size))
         bias = self.get_relative_position_bias(ws)  # [1, heads, N, N]
@@ -89,19 +89,19 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         nw, n, heads = grid[0] * grid[1] * grid[2], ws[0] * ws[1] * ws[2], self.num_heads
         x = x.view(b, grid[0], ws[0], grid[1], ws[1], grid[2], ws[2], c)
         x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * nw, n, c)  # [B*nW, N, C]
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b * nw, n, 3, heads, c // heads)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias).view(b * nw, n, 3, heads, c // heads)
         if shifted:
             window_mask, masks = self._shift_masks(x.device, (tp, hp, wp), ws, ss)  # [nW], [k, N, N]
             window_mask = window_mask.repeat(b)  # [B*nW]
         else:
             window_mask, masks = x.new_full((b * nw,), -1, dtype=torch.long), x.new_empty(0, n, n)
         out = window_attention(qkv, bias[0], window_mask, masks)  # [B*nW, N, C]
-        out = F.linear(out, self.proj.weight, self.proj.bias)
+        out = linear(out, self.proj.weight, self.proj.bias)
         out = out.view(b, grid[0], grid[1], grid[2], ws[0], ws[1], ws[2], c)
         out = out.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tp, hp, wp, c)  # [B, T', H', W', C]
         if shifted:
             out = torch.roll(out, shifts=(ss[0], ss[1], ss[2]), dims=(1, 2, 3))
-        return out[:, :t, :h, :w].contiguous()
+        return out[:, :t, :h, :w]  # a view when padded: the caller's residual add reads it
 
     def _shift_masks(
         self, device: torch.device, size: tuple[int, int, int], ws: list[int], ss: list[int]
@@ -157,9 +157,11 @@ class SwinBlock3d(nn.Module):
         # the attention and the MLP run in their weights' dtype (bfloat16 after sgmg.model.precision's "bf16"),
         # the residual stream and the LayerNorms in x's
         attn = self.attn(self.norm1(x).to(self.attn.qkv.weight.dtype))
-        x = x + self.drop_path(attn.to(x.dtype))
-        mlp = feed_forward(self.norm2(x).to(self.mlp.fc1.weight.dtype), self.mlp.fc1, self.mlp.act, self.mlp.fc2)
-        return x + self.drop_path(mlp.to(x.dtype))
+        x = x + self.drop_path(attn)  # float32 + bfloat16 adds in float32
+        if self.training:
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # x + MLP(norm2(x)) in row blocks (no drop path in eval)
+        return feed_forward(x, self.mlp.fc1, self.mlp.act, self.mlp.fc2, pre=self.norm2, residual=True)
 
 
 class SwinStage3d(nn.Module):

@@ -111,27 +111,58 @@ def use_inference_linear(model: nn.Module) -> nn.Module:
     return model
 
 
-def feed_forward(x: Tensor, fc1: nn.Linear, activation: Callable[[Tensor], Tensor], fc2: nn.Linear) -> Tensor:
-    """``fc2(activation(fc1(x)))``, by :func:`linear` in row blocks when no gradient is being recorded.
+def feed_forward(
+    x: Tensor,
+    fc1: nn.Linear,
+    activation: Callable[[Tensor], Tensor],
+    fc2: nn.Linear,
+    *,
+    pre: Callable[[Tensor], Tensor] | None = None,
+    residual: bool = False,
+    post: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """A transformer block's FFN with what surrounds it: ``post(x + fc2(activation(fc1(pre(x)))))``, the residual
+    ``x +`` only when ``residual``, ``pre`` and ``post`` row-wise (LayerNorms) or None; by :func:`linear` in row blocks
+    when no gradient is being recorded.
 
-    ``[..., C] -> [..., C_out]``. At inference the hidden activations of the whole input (e.g. ``[24500, 2048]``
-    floats, 200 MB, in the deformable encoder at 5 x 360 x 640) would be written, activated and read back from memory;
-    blocks of :data:`FFN_BLOCK_ELEMENTS` hidden values stay in cache. Each row is computed with the same operations,
-    so the result is the same up to the matrix multiply's own float rounding, which can depend on the row count
-    (1.4x faster for that FFN on 2 cores). ``activation`` may work in place. With autograd recording or autocast on,
-    one plain pass.
+    ``[..., C] -> [..., C_out]`` in ``x``'s dtype; ``fc1`` and ``fc2`` run in their weights' dtype (``pre(x)`` is cast
+    to it: bfloat16 after ``sgmg.model.precision``'s ``"bf16"``). At inference the hidden activations of the whole
+    input (e.g. ``[24500, 2048]`` floats, 200 MB, in the deformable encoder at 5 x 360 x 640) would be written,
+    activated and read back from memory, and so would the normalised input, its bfloat16 copy, the output, its
+    float32 copy and the residual sum; in blocks of :data:`FFN_BLOCK_ELEMENTS` hidden values all of them stay in
+    cache. Each row is computed with the same operations, so the result is the same up to the matrix multiply's own
+    float rounding, which can depend on the row count. ``activation`` may work in place. With autograd recording or
+    autocast on, one plain pass. No dropout: callers in training mode apply theirs around a plain FFN.
     """
     if records_grad(x, fc1.weight, fc2.weight) or torch.is_autocast_enabled(x.device.type):
-        return fc2(activation(fc1(x)))
+        return _ffn(x, fc1, activation, fc2, pre, residual, post, plain=True)
     rows = x.reshape(-1, x.shape[-1])  # [N, C]
     n = rows.shape[0]
     out = rows.new_empty(n, fc2.out_features)  # [N, C_out]
     step = max(64, FFN_BLOCK_ELEMENTS // fc1.out_features)  # rows a block
     for start in range(0, n, step):
-        block = rows[start : start + step]
-        hidden = activation(linear(block, fc1.weight, fc1.bias))  # [n, C_hidden]
-        out[start : start + block.shape[0]] = linear(hidden, fc2.weight, fc2.bias)
+        out[start : start + step] = _ffn(rows[start : start + step], fc1, activation, fc2, pre, residual, post)
     return out.view(*x.shape[:-1], fc2.out_features)
+
+
+def _ffn(
+    x: Tensor,
+    fc1: nn.Linear,
+    activation: Callable[[Tensor], Tensor],
+    fc2: nn.Linear,
+    pre: Callable[[Tensor], Tensor] | None,
+    residual: bool,
+    post: Callable[[Tensor], Tensor] | None,
+    plain: bool = False,
+) -> Tensor:
+    """:func:`feed_forward` of ``x [..., C]`` in one pass: by the modules (``plain``) or by :func:`linear`."""
+    h = (pre(x) if pre is not None else x).to(fc1.weight.dtype)
+    if plain:
+        y = fc2(activation(fc1(h)))
+    else:
+        y = linear(activation(linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+    y = x + y if residual else y.to(x.dtype)  # float32 + bfloat16 adds in float32
+    return post(y) if post is not None else y
 
 
 FFN_BLOCK_ELEMENTS = 2**20  # hidden activations a block (4 MB in float32: 512 rows of a 2048-wide FFN)

@@ -175,8 +175,9 @@ class MultiScaleDeformableAttention(nn.Module):
         if not records_grad(query, value_in, *self.parameters()) and _samples_first(lq, m, num_levels * p, value_in):
             return self.output_proj(self._sample_then_project(value_in, pad_mask, spatial_shapes, locations, weights))
         value = self.value_proj(value_in)
-        if pad_mask is not None:
-            value = value.masked_fill(pad_mask[..., None], 0.0)
+        if pad_mask is not None:  # in place when nothing is recorded (value is this function's own tensor)
+            fill = value.masked_fill if records_grad(value) else value.masked_fill_
+            value = fill(pad_mask[..., None], 0.0)
         value = value.view(b, value.shape[1], m, self.dim // m)  # [B, sum(h*w), M, D]
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
 
