@@ -205,3 +205,25 @@ def test_feed_forward_in_row_blocks_equals_one_pass() -> None:
     out = lin.feed_forward(x, fc1, F.relu, fc2)
     out.sum().backward()
     assert fc1.weight.grad is not None and out.shape == (3, lin.FFN_BLOCK_ELEMENTS // 10 + 7, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feed_forward_with_norms_and_residual_equals_the_blocks_plain_code(dtype: torch.dtype) -> None:
+    """The encoder's post-norm ``norm2(x + FFN(x))`` and the Swin block's ``x + MLP(norm2(x))``, with the FFN's
+    weights in ``dtype`` (bf16: sgmg.model.precision's fast mode) and the rest float32, in row blocks."""
+    torch.manual_seed(0)
+    fc1, fc2, norm = nn.Linear(16, 40).to(dtype), nn.Linear(40, 16).to(dtype), nn.LayerNorm(16)
+    x = torch.randn(2, lin.FFN_BLOCK_ELEMENTS // 40 + 9, 16)  # two blocks, one partial
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    with torch.no_grad():
+        post = norm(x + fc2(F.relu(fc1(x.to(dtype)))).float())
+        got = lin.feed_forward(x, fc1, F.relu, fc2, residual=True, post=norm)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, post, **tol)
+        pre = x + fc2(F.gelu(fc1(norm(x).to(dtype)))).float()
+        torch.testing.assert_close(lin.feed_forward(x, fc1, F.gelu, fc2, pre=norm, residual=True), pre, **tol)
+    x.requires_grad_(True)  # autograd recording: the same composition in one pass, with gradients
+    got = lin.feed_forward(x, fc1, F.relu, fc2, residual=True, post=norm)
+    got.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(got.detach(), post, **tol)

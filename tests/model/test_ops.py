@@ -54,6 +54,18 @@ def test_cpu_kernel_forward_matches_the_pytorch_formulation() -> None:
     torch.testing.assert_close(ms_deform_attn(*args64), ms_deform_attn_pytorch(*args64))
 
 
+# head widths of the AVX-512 forward (16 to 256: the encoder's 32, the decoder's sampled 256-wide input) and others;
+# 3 levels x 3 points, and 3 x 22 = 66 points a head (over its 64: the plain loop)
+@pytest.mark.parametrize(("channels", "points"), [(16, 3), (32, 3), (256, 3), (48, 3), (32, 22), (1, 3)])
+def test_cpu_kernel_forward_of_each_head_width_matches_the_pytorch_formulation(channels: int, points: int) -> None:
+    args = _with_shapes(_inputs(heads=2, channels=channels, points=points, queries=37))
+    kernels = ck.cpu_kernels()
+    assert kernels is not None, "the C++ kernels did not build: run `python -m sgmg.model.ops.cpu_kernels`"
+    value, shapes, loc, weights = args
+    got = kernels.forward(value, torch.tensor(shapes), loc, weights)  # the op itself, [B, Q, M * D]
+    torch.testing.assert_close(got, ms_deform_attn_pytorch(*args), atol=1e-6, rtol=1e-5)
+
+
 def test_cpu_kernel_gradients_match_autograd_of_the_pytorch_formulation() -> None:
     value, loc, weights = _inputs()
     grad_out = torch.randn(2, 11, 15, generator=torch.Generator().manual_seed(1))

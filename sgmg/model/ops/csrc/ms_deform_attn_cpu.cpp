@@ -2,11 +2,17 @@
 // level and point fused with the attention weighting and the level sum, so no sampled tensor is ever materialised.
 // Same arithmetic as F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) on locations in [0, 1]
 // of each level's map: pixel coordinate x * w - 0.5, a corner outside the map contributes zero.
+// Forward on AVX-512 CPUs for head widths that are a multiple of 16 (up to 256) and at most 64 points a head: one
+// (query, head) at a time with its sum in registers, its corners listed (and prefetched) while the previous one sums,
+// as the samples land near the query and the value rows come from L2/L3 (2.2-2.7x the plain loop at the Swin-T
+// encoder's shapes on 5 x 360 x 640). Otherwise, and for the backward, plain loops.
 // Threads: ATen's intra-op pool (torch.set_num_threads). Bound to Python in bindings.cpp.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -91,6 +97,94 @@ Inputs prepare(const torch::Tensor& value, const torch::Tensor& shapes, const to
   return in;
 }
 
+// One bilinear corner inside the map: its value row (of one head) and its weight times the attention weight.
+struct Tap {
+  const float* src;
+  float wt;
+};
+
+constexpr int kMaxPoints = 64;  // L * P of one head for the AVX-512 path
+
+// The corners inside the map of every point of one (query, head), in the plain loop's order and with its arithmetic
+// (corners() without the derivatives); returns their count. lp: the head's L*P (x, y) locations, ap: its L*P
+// attention weights, vhead: value[b, 0, m, 0], md = M * D.
+int list_taps(const float* lp, const float* ap, const Levels& lv, const float* vhead, int64_t L, int64_t P,
+              int64_t md, Tap* taps) {
+  int n = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t h = lv.h[l], w = lv.w[l];
+    const float* vl = vhead + lv.start[l] * md;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t i = l * P + p;
+      const float x = lp[2 * i] * static_cast<float>(w) - 0.5f;
+      const float y = lp[2 * i + 1] * static_cast<float>(h) - 0.5f;
+      const float fx = std::floor(x), fy = std::floor(y);
+      const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
+      const float ax = x - fx, ay = y - fy;
+      const bool x0_in = x0 >= 0 && x0 < w, x1_in = x0 + 1 >= 0 && x0 + 1 < w;
+      const bool y0_in = y0 >= 0 && y0 < h, y1_in = y0 + 1 >= 0 && y0 + 1 < h;
+      const float a = ap[i];
+      const float* row0 = vl + (y0 * w + x0) * md;
+      const float* row1 = row0 + w * md;
+      if (y0_in && x0_in) taps[n++] = {row0, a * ((1.f - ax) * (1.f - ay))};
+      if (y0_in && x1_in) taps[n++] = {row0 + md, a * (ax * (1.f - ay))};
+      if (y1_in && x0_in) taps[n++] = {row1, a * ((1.f - ax) * ay)};
+      if (y1_in && x1_in) taps[n++] = {row1 + md, a * (ax * ay)};
+    }
+  }
+  return n;
+}
+
+// Lists the taps of (query, head) item (b * Q + q) * M + m and prefetches their value rows.
+template <int64_t D>
+inline int list_item(int64_t item, const float* v, const float* lp, const float* ap, const Levels& lv, int64_t S,
+                     int64_t M, int64_t Q, int64_t L, int64_t P, Tap* taps) {
+  const int64_t bq = item / M, m = item % M, b = bq / Q;
+  const int n = list_taps(lp + 2 * item * L * P, ap + item * L * P, lv, v + b * S * M * D + m * D, L, P, M * D, taps);
+  for (int k = 0; k < n; ++k) {
+    for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(taps[k].src + d), _MM_HINT_T0);
+  }
+  return n;
+}
+
+// Forward of (query, head) items [begin, end) with D = 16 * V channels a head.
+template <int V>
+SGMG_AVX512 void forward_avx512(const Inputs& in, const float* v, const float* lp, const float* ap, float* op,
+                                int64_t begin, int64_t end) {
+  constexpr int64_t D = 16 * V;
+  const Levels& lv = in.lv;
+  const int64_t S = in.S, M = in.M, Q = in.Q, L = in.L, P = in.P;
+  Tap cur[4 * kMaxPoints], next[4 * kMaxPoints];
+  int n_cur = begin < end ? list_item<D>(begin, v, lp, ap, lv, S, M, Q, L, P, cur) : 0;
+  for (int64_t item = begin; item < end; ++item) {
+    // the next item's rows load while this one sums
+    const int n_next = item + 1 < end ? list_item<D>(item + 1, v, lp, ap, lv, S, M, Q, L, P, next) : 0;
+    __m512 acc[V];
+    for (int j = 0; j < V; ++j) acc[j] = _mm512_setzero_ps();
+    for (int k = 0; k < n_cur; ++k) {
+      const __m512 wk = _mm512_set1_ps(cur[k].wt);
+      for (int j = 0; j < V; ++j) acc[j] = _mm512_fmadd_ps(wk, _mm512_loadu_ps(cur[k].src + 16 * j), acc[j]);
+    }
+    for (int j = 0; j < V; ++j) _mm512_storeu_ps(op + item * D + 16 * j, acc[j]);
+    std::copy(next, next + n_next, cur);
+    n_cur = n_next;
+  }
+}
+
+// The AVX-512 forward for this D, or nullptr.
+using ForwardFn = void (*)(const Inputs&, const float*, const float*, const float*, float*, int64_t, int64_t);
+ForwardFn avx512_forward(const Inputs& in) {
+  if (in.L * in.P > kMaxPoints || !avx512_supported(false)) return nullptr;
+  switch (in.D) {
+    case 16: return forward_avx512<1>;
+    case 32: return forward_avx512<2>;
+    case 64: return forward_avx512<4>;
+    case 128: return forward_avx512<8>;
+    case 256: return forward_avx512<16>;
+    default: return nullptr;
+  }
+}
+
 }  // namespace
 
 // value [B, S, M, D], spatial_shapes [L, 2], sampling_locations [B, Q, M, L, P, 2], attention_weights [B, Q, M, L, P]
@@ -100,10 +194,16 @@ torch::Tensor ms_deform_attn_forward(const torch::Tensor& value_in, const torch:
   const Inputs in = prepare(value_in, spatial_shapes, loc_in, attn_in);
   const Levels& lv = in.lv;
   const int64_t B = in.B, S = in.S, M = in.M, D = in.D, Q = in.Q, L = in.L, P = in.P;
-  auto out = torch::zeros({B, Q, M * D}, in.value.options());
   const float* v = in.value.data_ptr<float>();
   const float* lp = in.loc.data_ptr<float>();
   const float* ap = in.attn.data_ptr<float>();
+  if (const ForwardFn fast = avx512_forward(in)) {
+    auto out = torch::empty({B, Q, M * D}, in.value.options());
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, B * Q * M, 64, [&](int64_t begin, int64_t end) { fast(in, v, lp, ap, op, begin, end); });
+    return out;
+  }
+  auto out = torch::zeros({B, Q, M * D}, in.value.options());
   float* op = out.data_ptr<float>();
   at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
     Corners c;
