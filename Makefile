@@ -1,5 +1,5 @@
 # One-command set-up: every target creates .venv/ at the repo root when it is missing (idempotent), installs the
-# project into it with the pinned versions of requirements.lock, builds the model's C++ CPU kernels (~45 s, once),
+# project into it with the pinned versions of requirements.lock, builds the model's C++ CPU kernels (~60 s, once),
 # then runs.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

@@ -1,12 +1,14 @@
 """The C++ CPU kernels of :mod:`sgmg.model.ops` (``csrc/``), compiled once per machine and loaded on first use.
 
 ``make venv`` builds them right after installing (``python -m sgmg.model.ops.cpu_kernels``); otherwise the first
-process that needs them compiles them (about 45 s on 2 cores; PyTorch's ``torch.utils.cpp_extension.load``, which
+process that needs them compiles them (about 60 s on 2 cores; PyTorch's ``torch.utils.cpp_extension.load``, which
 caches the build under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and lets concurrent
 processes wait for one build). Without a C++ compiler the ops fall back to their pure PyTorch formulation, with one
-warning. ``SGMG_CPU_KERNELS=0`` turns the kernels off (the pure PyTorch ops everywhere).
+warning. ``SGMG_CPU_KERNELS=0`` turns the kernels off, and :mod:`sgmg.model.ops.linear`'s oneDNN routing with
+them (the plain PyTorch ops everywhere).
 
-Three kernels: the multi-scale deformable attention (float32, forward and backward), the Video Swin window attention
+Three kernels: the multi-scale deformable attention (float32, forward and backward; the forward on AVX-512 CPUs
+with its sums in registers and its samples prefetched), the Video Swin window attention
 (inference, float32 on AVX-512 CPUs and bfloat16 on AVX-512 BF16 ones) and a float32 linear layer for few rows
 (inference, AVX-512: the text encoder's and decoder's matrix multiplies). The AVX-512 ones are compiled for any x86-64
 with per-function target attributes, so the module loads everywhere, and ``avx512_supported(bf16)`` says whether this

@@ -64,7 +64,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def _cpu_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
     """``[M, K] -> [M, N]`` by the C++ kernel or oneDNN, or None if neither takes it."""
-    if x.dtype == torch.float32 and x.shape[0] <= MAX_ROWS and weight.is_contiguous():
+    contiguous = weight.is_contiguous() and (bias is None or bias.is_contiguous())
+    if x.dtype == torch.float32 and x.shape[0] <= MAX_ROWS and contiguous:
         kernels = cpu_kernels()
         if kernels is not None and kernels.avx512_supported(False):
             return kernels.few_rows_linear(x.contiguous(), weight, bias)
