@@ -12,9 +12,9 @@ import pytest
 from sgmg.allocator import tune_malloc
 
 # In a fresh interpreter (the setting is process-wide and one-way): minor page faults of an eval forward of
-# Swin-T on a 3 x 192 x 256 clip, warm (3 summed), before and after tune_malloc.
+# Swin-T on a 3 x 192 x 256 clip, the median of 5 warm forwards, before and after tune_malloc.
 CHILD = """
-import json, resource, torch
+import json, resource, statistics, torch
 import sgmg
 from sgmg.allocator import tune_malloc
 
@@ -24,15 +24,17 @@ video = torch.randn(1, 3, 3, 192, 256)
 ids = torch.randint(3, 1000, (1, 8))
 
 def faults():
-    # the page faults of 3 forwards after a warm-up one, summed (single forwards vary)
+    # the median of 5 forwards after 3 warm-up ones (oneDNN's own buffers settle over the first few; single
+    # forwards vary)
     counts = []
     with torch.inference_mode():
-        model(video, ids, torch.ones_like(ids))
         for _ in range(3):
+            model(video, ids, torch.ones_like(ids))
+        for _ in range(5):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             model(video, ids, torch.ones_like(ids))
             counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return sum(counts)
+    return statistics.median(counts)
 
 default = faults()
 tuned = tune_malloc()
@@ -46,7 +48,8 @@ def test_tune_malloc_stops_page_faults_of_a_forward():
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["tuned"] is True
-    assert figures["default"] > 2000, figures  # 12-31 thousand here: fresh pages for the forward's large intermediates
+    # fresh pages for the large intermediates: 1-15 thousand a forward here (glibc raises its own threshold over time)
+    assert figures["default"] > 300, figures
     assert figures["after"] < figures["default"] / 10, figures
 
 
