@@ -49,17 +49,21 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``[..., K] -> [..., N]`` with ``weight [N, K]``, ``bias [N]`` or None."""
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
-    if (
-        rows
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and (bias is None or bias.dtype == x.dtype)
-        and not records_grad(x, weight, *(() if bias is None else (bias,)))
-    ):
+    if rows and _cpu_inference(x, weight, bias):
         out = _cpu_linear(x.reshape(rows, k), weight, bias)
         if out is not None:
             return out.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
+
+
+def _cpu_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Inputs of one dtype on CPU with autograd not recording: what the CPU paths of this module take."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and not records_grad(x, weight, *(() if bias is None else (bias,)))
+    )
 
 
 def _cpu_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
@@ -83,13 +87,7 @@ def channel_mix(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     already, with the bias added before the one rounding to bfloat16).
     """
     op = onednn_linear()
-    if (
-        op is not None
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and (bias is None or bias.dtype == x.dtype)
-        and not records_grad(x, weight, *(() if bias is None else (bias,)))
-    ):
+    if op is not None and x.dtype == torch.float32 and _cpu_inference(x, weight, bias):
         out = torch.stack([op(weight, frame.t(), None, "none", [], "") for frame in x])  # [N, C_out, P]
         return out if bias is None else out.add_(bias.view(1, -1, 1))
     batched = weight.expand(x.shape[0], -1, -1)  # [N, C_out, C_in], no copy
